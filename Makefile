@@ -1,0 +1,47 @@
+# geoservice: `make run` starts the service with demo data, `make test` runs every check.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+WORKERS ?= 1
+
+.PHONY: install run test lint bench bench-index bench-pings clean redis-server
+
+install: $(STAMP) redis-server
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "geoservice needs Python 3.11 or newer")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create a venv: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,loadtest]'
+	@touch $(STAMP)
+
+# redis-server is needed for the embedded default and for the tests.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is not on PATH: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) or set REDIS_URL"; exit 1; \
+	  fi; }
+
+run: install
+	GEOSERVICE_OPERATOR_TOKEN=$${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token} \
+	  $(BIN)/geoservice serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check geoservice tests loadtest
+	$(BIN)/ruff format --check geoservice tests loadtest
+	$(BIN)/mypy geoservice
+
+test: install lint
+	$(BIN)/pytest -q
+
+bench-index: install
+	$(BIN)/python -m loadtest.bench_index
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

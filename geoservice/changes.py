@@ -1,0 +1,95 @@
+"""The change feed: every write to tenants, keys, zones or offers is announced on one Redis
+Stream, and every instance follows it to refresh its in-memory caches (key lookups, tenant
+settings, the zone index) within a second.
+
+The stream id is the version: an instance notes the last id before its initial load and
+follows from there, so a change made during the load is applied again (reloads are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from geoservice import keys
+from geoservice.store import RedisClient
+
+log = logging.getLogger(__name__)
+
+# Long enough that an instance paused for a minute under heavy admin traffic still catches up;
+# an instance that falls further behind reloads everything (see follow()).
+FEED_MAXLEN = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: str  # "tenant" | "keys" | "zone" | "offer"
+    tenant_id: str
+    item_id: str
+
+
+ChangeHandler = Callable[[Change], Awaitable[None]]
+ResyncHandler = Callable[[], Awaitable[None]]
+
+
+async def publish(redis: RedisClient, kind: str, tenant_id: str, item_id: str = "") -> None:
+    await redis.xadd(
+        keys.CHANGES,
+        {"k": kind, "t": tenant_id, "i": item_id},
+        maxlen=FEED_MAXLEN,
+        approximate=True,
+    )
+
+
+async def last_id(redis: RedisClient) -> bytes:
+    newest: list[Any] = await redis.xrevrange(keys.CHANGES, count=1)
+    return newest[0][0] if newest else b"0-0"
+
+
+async def follow(
+    redis: RedisClient,
+    start_id: bytes,
+    on_change: ChangeHandler,
+    on_resync: ResyncHandler,
+    *,
+    block_ms: int = 500,
+) -> None:
+    """Apply changes after `start_id` forever; after a lost connection, resynchronise fully."""
+    cursor = start_id
+    lost = False
+    while True:
+        try:
+            if lost:
+                cursor = await last_id(redis)
+                await on_resync()
+                lost = False
+            batches: list[Any] = await redis.xread(
+                {keys.CHANGES: cursor}, count=500, block=block_ms
+            )
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("change feed: %s; retrying", exc)
+            lost = True
+            await asyncio.sleep(0.5)
+            continue
+        for _stream, entries in batches:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                change = Change(
+                    kind=fields.get(b"k", b"").decode(),
+                    tenant_id=fields.get(b"t", b"").decode(),
+                    item_id=fields.get(b"i", b"").decode(),
+                )
+                try:
+                    await on_change(change)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("change feed: applying %s failed; resynchronising", change)
+                    lost = True

@@ -1,0 +1,67 @@
+"""The `geoservice` command: `serve`, and operator tasks such as `zones import`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from geoservice import __version__
+from geoservice.embedded_redis import EmbeddedRedisError
+from geoservice.settings import ENV_VARS, SettingsError, settings_from_env, validate_redis_url
+
+
+def _parser() -> argparse.ArgumentParser:
+    epilog = "environment (flags override):\n" + "\n".join(
+        f"  {name:<34} {text}" for name, text in ENV_VARS.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="geoservice",
+        description="Real-time geofenced offers for retail.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"geoservice {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080; 0 picks a free one)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    serve.add_argument("--redis-url", help="overrides REDIS_URL")
+    serve.add_argument(
+        "--demo", action="store_true", help="load the demo tenant and the example zones"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = settings_from_env()
+        if args.command == "serve":
+            if args.port is not None and not 0 <= args.port <= 65535:
+                raise SettingsError(f"--port {args.port} is out of range (0..65535)")
+            if args.workers is not None and not 1 <= args.workers <= 256:
+                raise SettingsError(f"--workers {args.workers} is out of range (1..256)")
+            if args.redis_url is not None:
+                validate_redis_url(args.redis_url)
+            settings = settings.with_overrides(
+                host=args.host, port=args.port, workers=args.workers, redis_url=args.redis_url
+            )
+            from geoservice.server import serve
+
+            return serve(settings, demo=args.demo)
+    except (SettingsError, EmbeddedRedisError) as exc:
+        print(f"geoservice: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2

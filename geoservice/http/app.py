@@ -1,0 +1,98 @@
+"""The application factory: routes, middleware, and every long-lived resource opened and closed
+in one cleanup context each (teardown runs in reverse even when start-up fails half-way)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from geoservice import changes
+from geoservice.http import operations, tenants
+from geoservice.http.middleware import IN_FLIGHT, edge
+from geoservice.http.openapi import build_spec
+from geoservice.http.routing import Endpoint, EndpointTable
+from geoservice.http.state import BACKGROUND, OPENAPI, READY, SETTINGS, STORE, TENANTS
+from geoservice.settings import Settings
+from geoservice.store import Store
+from geoservice.tenants import Tenants
+
+log = logging.getLogger(__name__)
+
+ROUTE_TABLES: tuple[EndpointTable, ...] = (operations.routes, tenants.routes)
+
+
+def all_endpoints() -> list[Endpoint]:
+    return [endpoint for table in ROUTE_TABLES for endpoint in table.endpoints]
+
+
+def create_app(settings: Settings) -> web.Application:
+    # aiohttp's own limit is the largest any route accepts; each route enforces its own.
+    app = web.Application(
+        middlewares=[edge],
+        client_max_size=max(settings.max_body_bytes, settings.max_import_body_bytes),
+    )
+    app[SETTINGS] = settings
+    app[IN_FLIGHT] = [0]
+    app[READY] = asyncio.Event()
+    app[BACKGROUND] = []
+    for table in ROUTE_TABLES:
+        table.add_to(app)
+    app[OPENAPI] = orjson.dumps(build_spec(all_endpoints()))
+    app.cleanup_ctx.append(store_context)
+    app.cleanup_ctx.append(domain_context)
+    app.cleanup_ctx.append(background_context)
+    return app
+
+
+async def store_context(app: web.Application) -> AsyncIterator[None]:
+    store = Store.open(app[SETTINGS])
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def domain_context(app: web.Application) -> AsyncIterator[None]:
+    app[TENANTS] = Tenants(app[STORE])
+    yield
+
+
+async def _load_and_follow(app: web.Application) -> None:
+    """Initial load of every cache, then follow the change feed; retries while Redis is away."""
+    store, tenants_ = app[STORE], app[TENANTS]
+
+    async def resync() -> None:
+        tenants_.forget_all()
+
+    async def apply(change: changes.Change) -> None:
+        await tenants_.apply_change(change)
+
+    while True:
+        try:
+            start_id = await changes.last_id(store.redis)
+            await resync()
+            break
+        except (RedisError, OSError) as exc:
+            log.warning("initial load: store not answering (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+    app[READY].set()
+    await changes.follow(
+        store.redis, start_id, apply, resync, block_ms=app[SETTINGS].change_poll_block_ms
+    )
+
+
+async def background_context(app: web.Application) -> AsyncIterator[None]:
+    tasks = app[BACKGROUND]
+    tasks.append(asyncio.create_task(_load_and_follow(app), name="change-feed"))
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()

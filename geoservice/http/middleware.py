@@ -1,0 +1,109 @@
+"""The edge every request passes: overload bound, content negotiation, metrics, and the one
+place where errors become RFC 9457 problem documents."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from geoservice import metrics
+from geoservice.errors import (
+    PROBLEM_TYPE_PREFIX,
+    GeoserviceError,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from geoservice.http.codec import JSON, MSGPACK, PROBLEM_JSON, encode, response_codec
+from geoservice.http.state import SETTINGS
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = web.AppKey("in_flight", list[int])
+OVERLOAD_RETRY_AFTER_S = 1
+STORE_RETRY_AFTER_S = 2
+
+
+def problem_response(request: web.Request, error: GeoserviceError) -> web.Response:
+    try:
+        codec = response_codec(request.headers.get("Accept"))
+    except NotAcceptable:
+        codec = JSON
+    document: dict[str, object] = {
+        "type": PROBLEM_TYPE_PREFIX + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "instance": request.path,
+    }
+    if error.errors:
+        document["errors"] = [{"field": p.field, "message": p.message} for p in error.errors]
+    document.update(error.extra)
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
+    return web.Response(
+        body=encode(document, codec),
+        status=error.status,
+        content_type=PROBLEM_JSON if codec == JSON else MSGPACK,
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> GeoserviceError:
+    if exc.status == 404:
+        return NotFound("no such route")
+    if exc.status == 405:
+        return MethodNotAllowed(f"method {exc.reason} not allowed on this route")
+    if exc.status == 413:
+        return PayloadTooLarge("body too large")
+    error = GeoserviceError(exc.text or exc.reason)
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    in_flight = request.app[IN_FLIGHT]
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    response: web.StreamResponse
+    in_flight[0] += 1
+    try:
+        if in_flight[0] > request.app[SETTINGS].max_in_flight:
+            metrics.REJECTED_OVERLOAD.inc()
+            raise Unavailable(
+                "too many requests in flight, try again", retry_after_s=OVERLOAD_RETRY_AFTER_S
+            )
+        response_codec(request.headers.get("Accept"))  # 406 before any work is done
+        response = await handler(request)
+    except GeoserviceError as error:
+        response = problem_response(request, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem_response(request, _from_http_exception(exc))
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+        response = problem_response(
+            request,
+            Unavailable("the store is not answering, try again", retry_after_s=STORE_RETRY_AFTER_S),
+        )
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = problem_response(request, GeoserviceError("unexpected error, it was logged"))
+    finally:
+        in_flight[0] -= 1
+    metrics.REQUESTS.labels(route_name, request.method, str(response.status)).inc()
+    metrics.REQUEST_SECONDS.labels(route_name, request.method).observe(
+        time.perf_counter() - started
+    )
+    return response

@@ -1,0 +1,118 @@
+"""The endpoint table: each route with its key kind, wire models and answers, declared once.
+
+The same declarations register the aiohttp routes, guard each handler with its key check, and
+generate /openapi.json, so the spec cannot drift from what the service does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from geoservice.errors import Forbidden, Unauthorized
+from geoservice.http.state import SETTINGS, TENANTS
+from geoservice.tenants import Caller
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Auth(StrEnum):
+    NONE = "none"
+    OPERATOR = "operator"
+    SECRET = "secret"
+    SDK = "sdk"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    # status -> response model (None: no body; a string: a media type served as-is)
+    responses: dict[int, type[BaseModel] | str | None]
+    tag: str
+    description: str = ""
+    body_media: tuple[str, ...] = ("application/json", "application/msgpack")
+
+
+@dataclass
+class EndpointTable:
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        auth: Auth,
+        tag: str,
+        responses: dict[int, type[BaseModel] | str | None],
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        description: str = "",
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            guarded = _guard(handler, auth)
+            self.endpoints.append(
+                Endpoint(
+                    method, path, guarded, summary, auth, body, query, responses, tag, description
+                )
+            )
+            return handler
+
+        return register
+
+    def add_to(self, app: web.Application) -> None:
+        for endpoint in self.endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+
+
+CALLER_KEY = "geoservice.caller"
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthorized("send 'Authorization: Bearer <key>'")
+    return credentials.strip()
+
+
+def _guard(handler: Handler, auth: Auth) -> Handler:
+    if auth is Auth.NONE:
+        return handler
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        presented = _bearer(request)
+        operator_token = request.app[SETTINGS].operator_token
+        if hmac.compare_digest(presented.encode(), operator_token.encode()):
+            if auth is not Auth.OPERATOR:
+                raise Forbidden("the operator token only manages tenants")
+            return await handler(request)
+        caller = await request.app[TENANTS].authenticate(presented)
+        if caller is None:
+            raise Unauthorized("unknown key")
+        if auth is Auth.OPERATOR or caller.kind.value != auth.value:
+            wanted = {Auth.OPERATOR: "the operator token", Auth.SECRET: "a secret key (sk_)"}
+            raise Forbidden(f"this route needs {wanted.get(auth, 'an SDK key (pk_)')}")
+        request[CALLER_KEY] = caller
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def caller(request: web.Request) -> Caller:
+    """The authenticated tenant key of this request (set by the guard)."""
+    found: Caller = request[CALLER_KEY]
+    return found

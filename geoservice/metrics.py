@@ -1,0 +1,37 @@
+"""Prometheus metrics of the service. With several workers, prometheus-client's multiprocess
+mode (PROMETHEUS_MULTIPROC_DIR, set by the parent before the workers start) sums them."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter(
+    "geoservice_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "geoservice_http_request_duration_seconds",
+    "Time from request to response",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REJECTED_OVERLOAD = Counter(
+    "geoservice_overload_rejections_total",
+    "Requests refused with 503 because too many were in flight",
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
