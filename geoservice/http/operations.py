@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -9,7 +11,7 @@ from geoservice import metrics
 from geoservice.errors import Unavailable
 from geoservice.http.codec import respond
 from geoservice.http.routing import Auth, EndpointTable
-from geoservice.http.state import OPENAPI, READY, STORE
+from geoservice.http.state import OPENAPI, READY, SETTINGS, STORE
 from geoservice.http.wire import Out, Problem
 
 routes = EndpointTable()
@@ -17,6 +19,8 @@ routes = EndpointTable()
 
 class Health(Out):
     status: str
+    instance_id: str | None = None
+    pid: int | None = None
 
 
 @routes.route(
@@ -28,7 +32,8 @@ class Health(Out):
     responses={200: Health},
 )
 async def healthz(request: web.Request) -> web.Response:
-    return respond(request, {"status": "ok"})
+    instance_id = request.app[SETTINGS].instance_id
+    return respond(request, {"status": "ok", "instance_id": instance_id, "pid": os.getpid()})
 
 
 @routes.route(

@@ -77,7 +77,7 @@ class EndpointTable:
             app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
 
 
-CALLER_KEY = "geoservice.caller"
+CALLER_KEY = web.RequestKey("caller", Caller)
 
 
 def _bearer(request: web.Request) -> str:
@@ -114,5 +114,4 @@ def _guard(handler: Handler, auth: Auth) -> Handler:
 
 def caller(request: web.Request) -> Caller:
     """The authenticated tenant key of this request (set by the guard)."""
-    found: Caller = request[CALLER_KEY]
-    return found
+    return request[CALLER_KEY]
