@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# Build stage: a wheel of geoservice and its dependencies.
+FROM python:3.11.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY geoservice ./geoservice
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: no compilers, no sources, a non-root user.
+FROM python:3.11.11-slim-bookworm
+RUN useradd --system --uid 10001 --no-create-home geoservice
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+USER 10001
+ENV GEOSERVICE_HOST=0.0.0.0 \
+    GEOSERVICE_PORT=8080 \
+    PYTHONUNBUFFERED=1
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+CMD ["geoservice", "serve"]
