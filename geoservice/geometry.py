@@ -142,8 +142,10 @@ def _position(value: object, path: str, errors: _Errors) -> _Position | None:
     lon = _number(value[0], "longitude", -180.0, 180.0, path, errors)
     lat = _number(value[1], "latitude", -90.0, 90.0, path, errors)
     # Altitude is dropped, but it is still untrusted input that must be a real number.
-    alt_ok = len(value) == 2 or _number(value[2], "altitude", -math.inf, math.inf, path, errors)
-    if lon is None or lat is None or alt_ok is None:
+    alt_ok = len(value) == 2 or (
+        _number(value[2], "altitude", -math.inf, math.inf, path, errors) is not None
+    )
+    if lon is None or lat is None or not alt_ok:
         return None
     return (lon, lat)
 
