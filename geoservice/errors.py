@@ -84,6 +84,12 @@ class UnsupportedMediaType(GeoserviceError):
 class ValidationFailed(GeoserviceError):
     status, slug, title = 422, "validation-failed", "Validation failed"
 
+    @classmethod
+    def of(cls, problems: list[FieldProblem], **kwargs: Any) -> ValidationFailed:
+        named = ", ".join(p.field for p in problems[:10])
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        return cls(f"{len(problems)} invalid field(s): {named}{more}", errors=problems, **kwargs)
+
 
 class RateLimited(GeoserviceError):
     status, slug, title = 429, "rate-limited", "Too many requests"

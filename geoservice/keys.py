@@ -26,3 +26,36 @@ def tenant(tenant_id: str) -> str:
 def zones(tenant_id: str) -> str:
     """Hash zone_id -> stored zone (msgpack); one per tenant, read whole at start-up."""
     return f"{PREFIX}zones:{{t:{tenant_id}}}"
+
+
+def zone_ids(tenant_id: str) -> str:
+    """Sorted set of the tenant's zone ids (all scores 0): ordered paging by id."""
+    return f"{PREFIX}zone-ids:{{t:{tenant_id}}}"
+
+
+def device_state(device: str) -> str:
+    """Geofence state of one device (pseudonym): which zones it is in since when; TTL 24 h."""
+    return f"{PREFIX}dev:{{d:{device}}}"
+
+
+def device_consent(device: str) -> str:
+    return f"{PREFIX}dev-consent:{{d:{device}}}"
+
+
+def device_rate(device: str) -> str:
+    return f"{PREFIX}dev-rate:{{d:{device}}}"
+
+
+def events(tenant_id: str) -> str:
+    """The tenant's event stream (capped): stats, webhooks and other consumers read it."""
+    return f"{PREFIX}events:{{t:{tenant_id}}}"
+
+
+def zone_stats(tenant_id: str, hour_ms: int) -> str:
+    """Counters of one hour: fields '<zone_id>:<counter>'."""
+    return f"{PREFIX}stats:{{t:{tenant_id}}}:{hour_ms}"
+
+
+def zone_uniques(tenant_id: str, hour_ms: int, zone_id: str) -> str:
+    """HyperLogLog of the device pseudonyms seen entering a zone in one hour."""
+    return f"{PREFIX}uniq:{{t:{tenant_id}}}:{hour_ms}:{zone_id}"

@@ -13,18 +13,25 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from geoservice import changes
-from geoservice.http import operations, tenants
+from geoservice.http import operations, pings, tenants, zones
 from geoservice.http.middleware import IN_FLIGHT, edge
 from geoservice.http.openapi import build_spec
 from geoservice.http.routing import Endpoint, EndpointTable
-from geoservice.http.state import BACKGROUND, OPENAPI, READY, SETTINGS, STORE, TENANTS
+from geoservice.http.state import BACKGROUND, OPENAPI, PINGS, READY, SETTINGS, STORE, TENANTS, ZONES
+from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
+from geoservice.zones import ZoneDirectory, Zones
 
 log = logging.getLogger(__name__)
 
-ROUTE_TABLES: tuple[EndpointTable, ...] = (operations.routes, tenants.routes)
+ROUTE_TABLES: tuple[EndpointTable, ...] = (
+    operations.routes,
+    tenants.routes,
+    zones.routes,
+    pings.routes,
+)
 
 
 def all_endpoints() -> list[Endpoint]:
@@ -59,18 +66,26 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
 
 async def domain_context(app: web.Application) -> AsyncIterator[None]:
     app[TENANTS] = Tenants(app[STORE])
+    directory = ZoneDirectory()
+    app[ZONES] = Zones(app[STORE], directory)
+    app[PINGS] = Pings(app[STORE], directory, app[SETTINGS])
     yield
 
 
 async def _load_and_follow(app: web.Application) -> None:
     """Initial load of every cache, then follow the change feed; retries while Redis is away."""
-    store, tenants_ = app[STORE], app[TENANTS]
+    store, tenants_, zones_ = app[STORE], app[TENANTS], app[ZONES]
 
     async def resync() -> None:
         tenants_.forget_all()
+        loaded = 0
+        for tenant_id in await tenants_.list_ids():
+            loaded += await zones_.load_tenant(tenant_id)
+        log.info("loaded %d zones", loaded)
 
     async def apply(change: changes.Change) -> None:
         await tenants_.apply_change(change)
+        await zones_.apply_change(change)
 
     while True:
         try:

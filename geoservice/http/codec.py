@@ -126,6 +126,8 @@ async def read_body(request: web.Request, max_bytes: int) -> tuple[Any, str]:
 def field_path(location: tuple[int | str, ...]) -> str:
     path = ""
     for part in location:
+        if part == "[key]":  # pydantic's marker for a bad dict key: the key is the field
+            continue
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -149,11 +151,7 @@ def validate(model: type[Model], data: Any) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = validation_problems(exc)
-        raise ValidationFailed(
-            f"{len(problems)} invalid field(s): " + ", ".join(p.field for p in problems[:10]),
-            errors=problems,
-        ) from None
+        raise ValidationFailed.of(validation_problems(exc)) from None
 
 
 async def read_model(request: web.Request, model: type[Model], max_bytes: int) -> tuple[Model, str]:

@@ -6,13 +6,17 @@ import asyncio
 
 from aiohttp import web
 
+from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
+from geoservice.zones import Zones
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 TENANTS = web.AppKey("tenants", Tenants)
+ZONES = web.AppKey("zones", Zones)
+PINGS = web.AppKey("pings", Pings)
 READY = web.AppKey("ready", asyncio.Event)
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
 OPENAPI = web.AppKey("openapi", bytes)

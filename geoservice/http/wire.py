@@ -38,3 +38,12 @@ class Problem(Out):
     detail: str
     instance: str | None = None
     errors: list[FieldError] | None = None
+
+
+class Page(BaseModel):
+    """?limit=&cursor= of every list (query strings, so numbers arrive as text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: Annotated[str, Field(max_length=1024)] | None = None

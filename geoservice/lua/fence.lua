@@ -1,0 +1,131 @@
+-- One device's ping batch, atomically: rate limit, consent gate, then the enter / exit / dwell
+-- transitions for every ping in ts order. Two requests for one device, on any instances, are
+-- serialised here, so an event is never fired twice.
+--
+-- KEYS[1] device state (hash, TTL 24 h): last_ts, cust, z:<zone_id> = "<entered_ts>|<dwelled 0/1>"
+-- KEYS[2] device consent record (hash): loc, mkt, at, src
+-- KEYS[3] device rate-limit bucket (hash, short TTL): tokens, at
+-- ARGV[1] msgpack map:
+--   now (ms), state_ttl_s, rate_per_s, burst, consent_ttl_s,
+--   consent = {loc = 0/1, mkt = 0/1/-1, src = str} or absent,
+--   customer = str or absent,
+--   dwell = {zone_id = dwell_s, ...} for every zone named in pings,
+--   pings = {{index, ts, {inside zone ids}, {near zone ids}}, ...} sorted by ts
+-- Returns msgpack: {"rate", retry_after_ms} | {"consent"} |
+--   {"ok", events = {{type, zone_id, ts, index}...}, stale = {index...}, mkt = 0/1, new_customer = 0/1}
+local req = cmsgpack.unpack(ARGV[1])
+local now = req.now
+
+-- Token bucket: refuse before anything else is read or written.
+local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'at')
+local tokens = tonumber(bucket[1]) or req.burst
+local at = tonumber(bucket[2]) or now
+tokens = math.min(req.burst, tokens + math.max(0, now - at) * req.rate_per_s / 1000)
+if tokens < 1 then
+  return cmsgpack.pack({'rate', math.ceil((1 - tokens) * 1000 / req.rate_per_s)})
+end
+redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - 1), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[3], math.ceil(req.burst / req.rate_per_s * 1000) + 1000)
+
+-- Consent: a consent object in the request is recorded (with its time, as proof) first.
+if req.consent then
+  local fields = {'loc', req.consent.loc, 'at', now, 'src', req.consent.src}
+  if req.consent.mkt ~= -1 then
+    fields[#fields + 1] = 'mkt'
+    fields[#fields + 1] = req.consent.mkt
+  end
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('EXPIRE', KEYS[2], req.consent_ttl_s)
+end
+local consent = redis.call('HMGET', KEYS[2], 'loc', 'mkt')
+if consent[1] ~= '1' then
+  -- Without location consent nothing about the device's whereabouts may stay.
+  redis.call('DEL', KEYS[1])
+  return cmsgpack.pack({'consent'})
+end
+local marketing = (consent[2] == '1') and 1 or 0
+
+-- Current state.
+local flat = redis.call('HGETALL', KEYS[1])
+local last_ts = -1
+local previous_customer = false
+local inside = {}   -- zone_id -> {entered_ts, dwelled}
+for i = 1, #flat, 2 do
+  local name, value = flat[i], flat[i + 1]
+  if name == 'last_ts' then
+    last_ts = tonumber(value)
+  elseif name == 'cust' then
+    previous_customer = value
+  elseif string.sub(name, 1, 2) == 'z:' then
+    local sep = string.find(value, '|', 1, true)
+    inside[string.sub(name, 3)] = {tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)}
+  end
+end
+
+local events, stale = {}, {}
+local changed, removed = {}, {}
+
+local function sorted_keys(map)
+  local list = {}
+  for k in pairs(map) do list[#list + 1] = k end
+  table.sort(list)
+  return list
+end
+
+for _, ping in ipairs(req.pings) do
+  local index, ts, inside_now, near_now = ping[1], ping[2], ping[3], ping[4]
+  if ts <= last_ts then
+    stale[#stale + 1] = index
+  else
+    last_ts = ts
+    local is_inside, is_near = {}, {}
+    for _, z in ipairs(inside_now) do is_inside[z] = true; is_near[z] = true end
+    for _, z in ipairs(near_now) do is_near[z] = true end
+    -- Exits: inside before, now beyond the exit margin (or the zone is gone from the index).
+    for _, z in ipairs(sorted_keys(inside)) do
+      if not is_near[z] then
+        events[#events + 1] = {'exit', z, ts, index}
+        inside[z] = nil
+        changed[z] = nil
+        removed[z] = true
+      end
+    end
+    -- Enters.
+    for _, z in ipairs(sorted_keys(is_inside)) do
+      if inside[z] == nil then
+        events[#events + 1] = {'enter', z, ts, index}
+        inside[z] = {ts, '0'}
+        changed[z] = true
+        removed[z] = nil
+      end
+    end
+    -- Dwells: once per visit, on the first ping at least dwell_s after the enter.
+    for _, z in ipairs(sorted_keys(inside)) do
+      local visit = inside[z]
+      local dwell_s = req.dwell[z]
+      if visit[2] == '0' and is_inside[z] and dwell_s and ts - visit[1] >= dwell_s * 1000 then
+        events[#events + 1] = {'dwell', z, ts, index}
+        visit[2] = '1'
+        changed[z] = true
+      end
+    end
+  end
+end
+
+local writes = {'last_ts', tostring(last_ts)}
+for z in pairs(changed) do
+  writes[#writes + 1] = 'z:' .. z
+  writes[#writes + 1] = string.format('%d|%s', inside[z][1], inside[z][2])
+end
+local new_customer = 0
+if req.customer and req.customer ~= previous_customer then
+  writes[#writes + 1] = 'cust'
+  writes[#writes + 1] = req.customer
+  new_customer = 1
+end
+redis.call('HSET', KEYS[1], unpack(writes))
+local gone = {}
+for z in pairs(removed) do gone[#gone + 1] = 'z:' .. z end
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+redis.call('EXPIRE', KEYS[1], req.state_ttl_s)
+return cmsgpack.pack({'ok', events, stale, marketing, new_customer})

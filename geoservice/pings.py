@@ -1,0 +1,130 @@
+"""A ping batch from one device: drop what cannot count (future, too old, inaccurate), find the
+zones of each position in memory, move the device's geofence state in one atomic script, and
+turn its transitions into events. Offers hang off the events (see offers.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from geoservice import fences, stats
+from geoservice.errors import Forbidden, RateLimited
+from geoservice.fences import ConsentUpdate, FencePing
+from geoservice.settings import Settings
+from geoservice.stats import ZoneEvent
+from geoservice.store import Store
+from geoservice.tenants import Tenant
+from geoservice.zones import ZoneDirectory
+
+FUTURE_TOLERANCE_MS = 5 * 60_000
+MAX_AGE_MS = 24 * 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    lat: float
+    lon: float
+    accuracy_m: float
+    ts_ms: int
+    age_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingBatch:
+    device_id: str
+    fixes: list[Fix]
+    customer_id: str | None = None
+    consent: ConsentUpdate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    index: int
+    reason: str  # stale | future | too_old | inaccurate
+
+
+@dataclass(frozen=True, slots=True)
+class PingOutcome:
+    events: list[ZoneEvent]
+    ignored: list[Ignored]
+    marketing_consent: bool
+
+
+def fix_time_ms(fix: Fix, received_ms: int) -> int:
+    """The phone's wall clock may be wrong; its monotonic age of the fix is not."""
+    return received_ms - fix.age_ms if fix.age_ms is not None else fix.ts_ms
+
+
+class Pings:
+    def __init__(self, store: Store, directory: ZoneDirectory, settings: Settings) -> None:
+        self.store = store
+        self.directory = directory
+        self.settings = settings
+
+    async def handle(self, tenant: Tenant, batch: PingBatch, received_ms: int) -> PingOutcome:
+        limits = tenant.settings
+        ignored: list[Ignored] = []
+        usable: list[tuple[int, int, Fix]] = []
+        for index, fix in enumerate(batch.fixes):
+            ts_ms = fix_time_ms(fix, received_ms)
+            if ts_ms > received_ms + FUTURE_TOLERANCE_MS:
+                ignored.append(Ignored(index, "future"))
+            elif ts_ms < received_ms - MAX_AGE_MS:
+                ignored.append(Ignored(index, "too_old"))
+            elif fix.accuracy_m > limits.max_accuracy_m:
+                ignored.append(Ignored(index, "inaccurate"))
+            else:
+                usable.append((ts_ms, index, fix))
+        usable.sort(key=lambda item: (item[0], item[1]))
+
+        fence_pings: list[FencePing] = []
+        dwell_s: dict[str, int] = {}
+        store_ids: dict[str, str | None] = {}
+        for ts_ms, index, fix in usable:
+            inside, near = self.directory.locate(
+                tenant.tenant_id, fix.lat, fix.lon, limits.exit_margin_m
+            )
+            for zone in inside:
+                dwell_s[zone.zone_id] = zone.dwell_s
+                store_ids[zone.zone_id] = zone.store_id
+            fence_pings.append(FencePing(index, ts_ms, [z.zone_id for z in inside], near))
+
+        device = fences.device_pseudonym(
+            self.settings.pseudonym_key, tenant.tenant_id, batch.device_id
+        )
+        outcome = await fences.advance(
+            self.store,
+            device,
+            received_ms,
+            fence_pings,
+            dwell_s,
+            rate_per_s=self.settings.ping_rate_per_s,
+            burst=self.settings.ping_burst,
+            consent=batch.consent,
+            customer_id=batch.customer_id,
+        )
+        if outcome.status == "rate":
+            raise RateLimited(
+                "too many ping requests for this device",
+                retry_after_s=max(1, math.ceil(outcome.retry_after_ms / 1000)),
+            )
+        if outcome.status == "consent":
+            raise Forbidden(
+                "no location consent on record for this device: send "
+                '"consent": {"location": true} once the user agreed'
+            )
+        ignored.extend(Ignored(index, "stale") for index in outcome.stale)
+        ignored.sort(key=lambda item: item.index)
+        events: list[ZoneEvent] = []
+        for event in outcome.events:
+            if event.type == "exit":
+                # An exit from a zone deleted or disabled meanwhile is no news: the state was
+                # cleaned by the script, the event is dropped.
+                if not self.directory.is_live(tenant.tenant_id, event.zone_id):
+                    continue
+                store_id = self.directory.store_id(tenant.tenant_id, event.zone_id)
+            else:
+                store_id = store_ids.get(event.zone_id)
+            events.append(ZoneEvent(event.type, event.zone_id, store_id, event.ts_ms))
+        await stats.record(self.store, tenant.tenant_id, device, events)
+        return PingOutcome(events, ignored, outcome.marketing_consent)

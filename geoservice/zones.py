@@ -1,0 +1,435 @@
+"""Zones: the retailer's store circles and mall polygons, kept in Redis and mirrored into an
+in-memory H3 index per tenant on every instance.
+
+Redis is the truth (one hash of zone records and one sorted set of ids per tenant, both under the
+tenant's hash tag so a bulk import is one atomic transaction, on a cluster too). The in-memory
+directory is a cache rebuilt at start-up and refreshed from the change feed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import shapely
+
+from geoservice import changes, keys
+from geoservice.errors import FieldProblem, NotFound, ValidationFailed
+from geoservice.geometry import (
+    FieldError,
+    GeometryError,
+    ZoneShape,
+    area_m2,
+    default_timezone,
+    representative_point,
+    shape_from_geojson,
+)
+from geoservice.index import MAX_CELLS_PER_ZONE, Circle, ZoneIndex, estimate_cell_count
+from geoservice.store import Store
+
+log = logging.getLogger(__name__)
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_DWELL_S = 300
+EARTH_RADIUS_M = 6_371_008.8
+# Ids announced per change-feed entry for a bulk import (keeps entries small).
+FEED_IDS_PER_ENTRY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    zone_id: str
+    name: str
+    geometry: dict[str, Any]  # GeoJSON geometry as stored and returned
+    store_id: str | None = None
+    timezone: str = "UTC"
+    dwell_s: int = DEFAULT_DWELL_S
+    radius_m: float | None = None
+    opening_hours: dict[str, list[list[str]]] | None = None
+    enabled: bool = True
+    area_m2: float = 0.0
+    updated_at_ms: int = 0
+    version: str = ""
+
+    def to_feature(self) -> dict[str, Any]:
+        properties: dict[str, Any] = {"name": self.name}
+        if self.store_id is not None:
+            properties["store_id"] = self.store_id
+        if self.radius_m is not None:
+            properties["radius_m"] = self.radius_m
+        properties["timezone"] = self.timezone
+        properties["dwell_s"] = self.dwell_s
+        if self.opening_hours is not None:
+            properties["opening_hours"] = self.opening_hours
+        properties["enabled"] = self.enabled
+        properties["area_m2"] = round(self.area_m2, 1)
+        properties["updated_at"] = self.updated_at_ms
+        return {
+            "type": "Feature",
+            "id": self.zone_id,
+            "geometry": self.geometry,
+            "properties": properties,
+        }
+
+    def pack(self) -> bytes:
+        record = {
+            "n": self.name,
+            "g": self.geometry,
+            "s": self.store_id,
+            "tz": self.timezone,
+            "d": self.dwell_s,
+            "r": self.radius_m,
+            "h": self.opening_hours,
+            "e": self.enabled,
+            "a": self.area_m2,
+            "u": self.updated_at_ms,
+            "v": self.version,
+        }
+        packed: bytes = msgpack.packb(record, use_bin_type=True)
+        return packed
+
+    @classmethod
+    def unpack(cls, zone_id: str, raw: bytes) -> Zone:
+        r = msgpack.unpackb(raw, raw=False)
+        return cls(
+            zone_id=zone_id,
+            name=r["n"],
+            geometry=r["g"],
+            store_id=r["s"],
+            timezone=r["tz"],
+            dwell_s=r["d"],
+            radius_m=r["r"],
+            opening_hours=r["h"],
+            enabled=r["e"],
+            area_m2=r["a"],
+            updated_at_ms=r["u"],
+            version=r["v"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneDraft:
+    """A zone as the client sent it, its fields already type-checked at the edge."""
+
+    zone_id: str
+    name: str
+    geometry: object
+    radius_m: object | None
+    store_id: str | None
+    timezone: str | None
+    dwell_s: int | None
+    opening_hours: dict[str, list[list[str]]] | None
+    enabled: bool | None
+
+
+def build_zone(draft: ZoneDraft, now_ms: int) -> tuple[Zone, ZoneShape]:
+    """Geometry checks, the cell-count guard and computed fields; GeometryError lists problems."""
+    shape = shape_from_geojson(draft.geometry, draft.radius_m)
+    cells = estimate_cell_count(shape)
+    if cells > MAX_CELLS_PER_ZONE:
+        raise GeometryError(
+            [
+                FieldError(
+                    "geometry",
+                    f"this zone would need about {cells} index cells "
+                    f"(at most {MAX_CELLS_PER_ZONE}): simplify or split it",
+                )
+            ]
+        )
+    timezone = draft.timezone
+    if timezone is None:
+        lat, lon = representative_point(shape)
+        timezone = default_timezone(lat, lon)
+    stored_geometry = dict(draft.geometry) if isinstance(draft.geometry, Mapping) else {}
+    zone = Zone(
+        zone_id=draft.zone_id,
+        name=draft.name,
+        geometry=stored_geometry,
+        store_id=draft.store_id,
+        timezone=timezone,
+        dwell_s=DEFAULT_DWELL_S if draft.dwell_s is None else draft.dwell_s,
+        radius_m=float(draft.radius_m) if isinstance(draft.radius_m, int | float) else None,
+        opening_hours=draft.opening_hours,
+        enabled=True if draft.enabled is None else draft.enabled,
+        area_m2=area_m2(shape),
+        updated_at_ms=now_ms,
+        version=secrets.token_hex(6),
+    )
+    return zone, shape
+
+
+def problems_of(error: GeometryError, prefix: str = "") -> list[FieldProblem]:
+    return [
+        FieldProblem(f"{prefix}{e.field}" if prefix else e.field, e.message) for e in error.errors
+    ]
+
+
+def encode_cursor(zone_id: str) -> str:
+    return base64.urlsafe_b64encode(zone_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed.of(
+            [FieldProblem("cursor", "not a cursor this service handed out")]
+        ) from None
+
+
+DEFAULT_EXIT_MARGIN_M = 30.0
+_M_PER_DEG_LAT = 110_574.0
+_M_PER_DEG_LON_EQUATOR = 111_320.0
+
+
+def _haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def outer_shape(shape: ZoneShape, margin_m: float) -> ZoneShape:
+    """A superset of every point within margin_m of the zone: candidates for "still near"."""
+    if isinstance(shape, Circle):
+        return Circle(shape.lat, shape.lon, min(shape.radius_m + margin_m, 60_000.0))
+    if margin_m <= 0:
+        return shape
+    _, min_lat, _, max_lat = shape.bounds
+    dlat = margin_m / _M_PER_DEG_LAT
+    cos_lat = max(0.01, math.cos(math.radians(min(89.0, max(abs(min_lat), abs(max_lat)) + dlat))))
+    # Generous by a quarter: the exact distance test below decides.
+    grown = shape.buffer(1.25 * max(dlat, margin_m / (_M_PER_DEG_LON_EQUATOR * cos_lat)))
+    clipped = grown.intersection(shapely.box(-180.0, -90.0, 180.0, 90.0))
+    if isinstance(clipped, shapely.Polygon | shapely.MultiPolygon):
+        return clipped
+    return shape
+
+
+def distance_outside_m(shape: ZoneShape, lat: float, lon: float) -> float:
+    """Metres from the point to the zone (0 inside); polygons in a local equirectangular frame,
+    which is exact enough for margins of metres to a few hundred metres."""
+    if isinstance(shape, Circle):
+        return max(0.0, _haversine_m(lat, lon, shape.lat, shape.lon) - shape.radius_m)
+    kx = _M_PER_DEG_LON_EQUATOR * max(0.01, math.cos(math.radians(lat)))
+    local = shapely.transform(shape, lambda xy: (xy - (lon, lat)) * (kx, _M_PER_DEG_LAT))
+    return float(local.distance(shapely.Point(0.0, 0.0)))
+
+
+@dataclass
+class TenantZones:
+    """One tenant's zones as the hot path needs them: the index, each zone's record and shape,
+    and an index of the shapes grown by the exit margin for the "still near" test."""
+
+    exit_margin_m: float = DEFAULT_EXIT_MARGIN_M
+    index: ZoneIndex = field(default_factory=ZoneIndex)
+    outer: ZoneIndex = field(default_factory=ZoneIndex)
+    zones: dict[str, Zone] = field(default_factory=dict)
+    shapes: dict[str, ZoneShape] = field(default_factory=dict)
+
+    def put_many(self, items: list[tuple[Zone, ZoneShape]]) -> None:
+        for zone, _ in items:
+            if not zone.enabled:
+                self.index.remove(zone.zone_id)
+                self.outer.remove(zone.zone_id)
+                self.shapes.pop(zone.zone_id, None)
+        live = [(z.zone_id, s) for z, s in items if z.enabled]
+        self.index.put_many(live)
+        self.outer.put_many((i, outer_shape(s, self.exit_margin_m)) for i, s in live)
+        self.shapes.update(live)
+        for zone, _ in items:
+            self.zones[zone.zone_id] = zone
+
+    def remove(self, zone_id: str) -> None:
+        self.index.remove(zone_id)
+        self.outer.remove(zone_id)
+        self.zones.pop(zone_id, None)
+        self.shapes.pop(zone_id, None)
+
+    def with_margin(self, exit_margin_m: float) -> TenantZones:
+        rebuilt = TenantZones(exit_margin_m=exit_margin_m)
+        rebuilt.put_many([(self.zones[i], s) for i, s in self.shapes.items()])
+        rebuilt.zones.update(self.zones)
+        return rebuilt
+
+
+class ZoneDirectory:
+    """Every tenant's zones in memory. Mutations are synchronous, so a lookup running on the
+    event loop never sees a zone half-applied (record and index change together)."""
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, TenantZones] = {}
+
+    def apply(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> None:
+        self.apply_many(tenant_id, [(zone, shape)])
+
+    def apply_many(self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]) -> None:
+        self.tenants.setdefault(tenant_id, TenantZones()).put_many(items)
+
+    def remove(self, tenant_id: str, zone_id: str) -> None:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is not None:
+            tenant.remove(zone_id)
+
+    def is_live(self, tenant_id: str, zone_id: str) -> bool:
+        """The zone exists and is enabled (a deleted or disabled zone fires no events)."""
+        tenant = self.tenants.get(tenant_id)
+        return tenant is not None and zone_id in tenant.shapes
+
+    def store_id(self, tenant_id: str, zone_id: str) -> str | None:
+        tenant = self.tenants.get(tenant_id)
+        zone = tenant.zones.get(zone_id) if tenant else None
+        return zone.store_id if zone else None
+
+    def locate(
+        self, tenant_id: str, lat: float, lon: float, exit_margin_m: float
+    ) -> tuple[list[Zone], list[str]]:
+        """Zones containing the point, and ids of the zones within exit_margin_m of it that do
+        not contain it (a device inside those has not left yet)."""
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return [], []
+        if tenant.exit_margin_m != exit_margin_m:
+            tenant = self.tenants[tenant_id] = tenant.with_margin(exit_margin_m)
+        inside_ids = tenant.index.lookup(lat, lon)
+        near = [
+            zone_id
+            for zone_id in tenant.outer.lookup(lat, lon)
+            if zone_id not in inside_ids
+            and distance_outside_m(tenant.shapes[zone_id], lat, lon) <= exit_margin_m
+        ]
+        return [tenant.zones[zone_id] for zone_id in inside_ids], near
+
+    def version(self, tenant_id: str, zone_id: str) -> str | None:
+        tenant = self.tenants.get(tenant_id)
+        zone = tenant.zones.get(zone_id) if tenant else None
+        return zone.version if zone else None
+
+    def lookup(self, tenant_id: str, lat: float, lon: float) -> list[Zone]:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return []
+        return [tenant.zones[zone_id] for zone_id in tenant.index.lookup(lat, lon)]
+
+    def zone_count(self) -> int:
+        return sum(len(t.zones) for t in self.tenants.values())
+
+
+class Zones:
+    """Zone records in Redis, the local directory kept in step, and the change feed."""
+
+    def __init__(self, store: Store, directory: ZoneDirectory) -> None:
+        self.store = store
+        self.directory = directory
+
+    async def put(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> bool:
+        """Create or replace; True when created."""
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.zones(tenant_id), zone.zone_id, zone.pack())
+            pipe.zadd(keys.zone_ids(tenant_id), {zone.zone_id: 0})
+            added, _ = await pipe.execute()
+        self.directory.apply(tenant_id, zone, shape)
+        await changes.publish(self.store.redis, "zone", tenant_id, zone.zone_id)
+        return bool(added)
+
+    async def put_many(
+        self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]
+    ) -> tuple[int, int]:
+        """All-or-nothing bulk write (one MULTI on the tenant's slot); (created, updated)."""
+        if not items:
+            return 0, 0
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.zones(tenant_id), mapping={z.zone_id: z.pack() for z, _ in items})
+            pipe.zadd(keys.zone_ids(tenant_id), {z.zone_id: 0 for z, _ in items})
+            added, _ = await pipe.execute()
+        self.directory.apply_many(tenant_id, items)
+        ids = [z.zone_id for z, _ in items]
+        for start in range(0, len(ids), FEED_IDS_PER_ENTRY):
+            chunk = ",".join(ids[start : start + FEED_IDS_PER_ENTRY])
+            await changes.publish(self.store.redis, "zone", tenant_id, chunk)
+        return int(added), len(items) - int(added)
+
+    async def get(self, tenant_id: str, zone_id: str) -> Zone:
+        raw = await self.store.redis.hget(keys.zones(tenant_id), zone_id)
+        if raw is None:
+            raise NotFound(f"zone {zone_id!r} does not exist")
+        return Zone.unpack(zone_id, raw)
+
+    async def delete(self, tenant_id: str, zone_id: str) -> None:
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.zones(tenant_id), zone_id)
+            pipe.zrem(keys.zone_ids(tenant_id), zone_id)
+            removed, _ = await pipe.execute()
+        if not removed:
+            raise NotFound(f"zone {zone_id!r} does not exist")
+        self.directory.remove(tenant_id, zone_id)
+        await changes.publish(self.store.redis, "zone", tenant_id, zone_id)
+
+    async def page(
+        self, tenant_id: str, cursor: str | None, limit: int
+    ) -> tuple[list[Zone], str | None]:
+        start = b"-" if cursor is None else b"(" + decode_cursor(cursor).encode()
+        ids: list[bytes] = await self.store.redis.zrangebylex(
+            keys.zone_ids(tenant_id), start, b"+", start=0, num=limit + 1
+        )
+        more = len(ids) > limit
+        ids = ids[:limit]
+        if not ids:
+            return [], None
+        records = await self.store.redis.hmget(keys.zones(tenant_id), ids)
+        zones = [
+            Zone.unpack(zone_id.decode(), raw)
+            for zone_id, raw in zip(ids, records, strict=True)
+            if raw is not None
+        ]
+        return zones, encode_cursor(ids[-1].decode()) if more else None
+
+    async def load_tenant(self, tenant_id: str) -> int:
+        """Rebuild one tenant's directory entry from Redis (start-up and resynchronisation)."""
+        items: list[tuple[Zone, ZoneShape]] = []
+        async for zone_id, raw in self.store.redis.hscan_iter(keys.zones(tenant_id), count=1000):
+            zone = Zone.unpack(zone_id.decode(), raw)
+            items.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
+        previous = self.directory.tenants.get(tenant_id)
+        fresh = TenantZones(previous.exit_margin_m if previous else DEFAULT_EXIT_MARGIN_M)
+        fresh.put_many(items)
+        # Swap the whole tenant at once: lookups see the old or the new set, never a mix.
+        self.directory.tenants[tenant_id] = fresh
+        return len(items)
+
+    async def refresh(self, tenant_id: str, zone_ids: Iterable[str]) -> None:
+        """Apply a change-feed entry: re-read the named zones, skipping what we wrote ourselves."""
+        ids = list(zone_ids)
+        if not ids:
+            return
+        records = await self.store.redis.hmget(keys.zones(tenant_id), ids)
+        changed: list[tuple[Zone, ZoneShape]] = []
+        for zone_id, raw in zip(ids, records, strict=True):
+            if raw is None:
+                self.directory.remove(tenant_id, zone_id)
+                continue
+            zone = Zone.unpack(zone_id, raw)
+            if self.directory.version(tenant_id, zone_id) == zone.version:
+                continue
+            changed.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
+        if len(changed) == 1:
+            self.directory.apply(tenant_id, *changed[0])
+        elif changed:
+            self.directory.apply_many(tenant_id, changed)
+
+    async def apply_change(self, change: changes.Change) -> None:
+        if change.kind == "zone":
+            await self.refresh(change.tenant_id, change.item_id.split(","))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
