@@ -1,0 +1,942 @@
+"""Zone index: covers circle and polygon zones with H3 cells and answers "which zones contain
+this point" exactly. Pure data structure (H3 + shapely + numpy); no I/O, no asyncio, no Redis.
+
+Layout. Every zone version gets a *slot*; its cover is a set of (cell, code) pairs where
+code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one open-addressing hash
+table per H3 resolution (numpy int64 keys/values, read through memoryviews on the scalar path);
+incremental puts go to a small dict overlay that is merged into fresh tables when it grows.
+Removing or replacing a zone only clears its slot's alive flag; dead entries are dropped at the
+next merge. Cells are H3 ints throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import h3
+import numpy as np
+import numpy.typing as npt
+import shapely
+from h3.api import basic_int as h3i
+from h3.api import memview_int as h3m
+
+__all__ = [
+    "MAX_CELLS_PER_ZONE",
+    "R_EARTH_M",
+    "Circle",
+    "Cover",
+    "ZoneIndex",
+    "ZoneShape",
+    "ZoneTooLargeError",
+    "cover",
+    "estimate_cell_count",
+]
+
+R_EARTH_M = 6_371_008.8
+
+# A zone whose candidate cell count (estimate_cell_count) exceeds this is refused before
+# covering. Resolutions are chosen per zone from its size, so an ordinary circle or polygon
+# needs at most a few hundred candidates; what trips the cap is e.g. a MultiPolygon of
+# thousands of scattered parts. 20,000 cells cost ~0.3 MB in the tables and ~50 ms to cover.
+MAX_CELLS_PER_ZONE = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Circle:
+    lat: float
+    lon: float
+    radius_m: float  # 10 .. 50_000
+
+
+ZoneShape: TypeAlias = Circle | shapely.Polygon | shapely.MultiPolygon
+
+
+class ZoneTooLargeError(ValueError):
+    """The zone's cover would exceed the per-zone cell cap (see MAX_CELLS_PER_ZONE)."""
+
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+Bool = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """H3 cover of one zone: cells (int64, mixed resolutions) and whether each is a boundary
+    cell (needs the exact test) or an interior cell (every point of it is inside)."""
+
+    cells: I64
+    boundary: Bool
+
+
+# --- H3 geometry constants -------------------------------------------------------------------
+
+# H3 lays hexagons out in the gnomonic plane of each icosahedron face, where the distance
+# between neighbouring centres at res 0 is RES0_U_GNOMONIC and shrinks by sqrt(7) per level.
+# A hexagon's circumradius is 1/sqrt(3) of that spacing, and gnomonic projection never shrinks
+# distances, so this bounds the angle from a cell centre to any point of the cell. Checked
+# against cell_to_boundary for every cell at res 0-3 and near all pentagons at res 6-15
+# (max ratio 0.99999); the 1e-6 slack absorbs rounding.
+_RES0_U_GNOMONIC = 0.38196601125010500003
+_RHO_RAD = [_RES0_U_GNOMONIC / math.sqrt(3) / math.sqrt(7) ** r * (1 + 1e-6) for r in range(16)]
+# Cells j grid steps apart have centres >= 0.95 * j * rho apart (measured at res 2-14, also
+# around pentagons); 0.85 leaves slack, so a disk of k = ceil(reach / (0.85 rho)) holds every
+# cell whose centre is within `reach`.
+_STEP_FRACTION = 0.85
+# Angular slack for floating point in classification (1e-10 rad ~ 0.6 mm).
+_EPS_RAD = 1e-10
+_EPS_DEG = 1e-9
+# A circle's cover uses the coarsest resolution with radius >= _CIRCLE_RHO_RATIO * rho, so
+# radius/rho is in [1, 2.65): 5-16 cells, a 37-61 cell candidate disk.
+_CIRCLE_RHO_RATIO = 1.0
+# Polygons: coarsest resolution with (diameter of the bounding box) >= this * rho.
+_POLY_RHO_RATIO = 2.0
+
+_RES_SHIFT = 52
+_M64 = (1 << 64) - 1
+_M63 = (1 << 63) - 1
+# Fibonacci hashing: (cell * K mod 2^64) >> (64 - bits); same formula in numpy and Python.
+_HASH_MULT = 0x9E3779B97F4A7C15
+_EMPTY = 0  # never a valid H3 cell
+
+
+def _low_ones(res: int) -> int:
+    return (1 << (3 * (15 - res))) - 1
+
+
+# parent(cell, r) = (cell & _PCLEAR[r]) | _PSET[r] for any cell finer than r.
+_PCLEAR = [_M63 & ~((15 << _RES_SHIFT) | _low_ones(r)) for r in range(16)]
+_PSET = [(r << _RES_SHIFT) | _low_ones(r) for r in range(16)]
+
+
+def _res_for_reach(reach_rad: float, ratio: float) -> int:
+    """Coarsest resolution whose rho is <= reach/ratio (clamped to 0..15)."""
+    if reach_rad <= 0:
+        return 15
+    target = reach_rad / ratio
+    r = math.ceil(2 * math.log(_RHO_RAD[0] / target) / math.log(7) - 1e-12)
+    return min(15, max(0, r))
+
+
+def _disk_size(k: int) -> int:
+    return 3 * k * k + 3 * k + 1
+
+
+def _k_for(reach_rad: float, res: int) -> int:
+    return max(1, math.ceil((reach_rad + _RHO_RAD[res]) / (_STEP_FRACTION * _RHO_RAD[res])))
+
+
+def _unit(lat_deg: F64, lon_deg: F64) -> tuple[F64, F64, F64]:
+    la = np.radians(lat_deg)
+    lo = np.radians(lon_deg)
+    c = np.cos(la)
+    return c * np.cos(lo), c * np.sin(lo), np.sin(la)
+
+
+def _chord_thresh(radius_m: F64) -> F64:
+    """Squared chord length of the circle radius: |p - c|^2 <= this  <=>  haversine <= r."""
+    out: F64 = np.square(2.0 * np.sin(np.asarray(radius_m) / (2.0 * R_EARTH_M)))
+    return out
+
+
+def _angle_between(ax: F64, ay: F64, az: F64, bx: F64, by: F64, bz: F64) -> F64:
+    # chord-based angle: accurate for small angles, unlike acos(dot)
+    chord = np.sqrt(np.square(ax - bx) + np.square(ay - by) + np.square(az - bz))
+    out: F64 = 2.0 * np.arcsin(np.minimum(1.0, chord / 2.0))
+    return out
+
+
+def _centres(cells: I64) -> tuple[F64, F64]:
+    n = len(cells)
+    lat = np.empty(n)
+    lon = np.empty(n)
+    ctl = h3i.cell_to_latlng
+    for i, c in enumerate(cells.tolist()):
+        lat[i], lon[i] = ctl(c)
+    return lat, lon
+
+
+# --- circles ---------------------------------------------------------------------------------
+
+
+def _circle_plan(radius_m: float) -> tuple[int, int]:
+    reach = radius_m / R_EARTH_M
+    res = _res_for_reach(reach, _CIRCLE_RHO_RATIO)
+    return res, _k_for(reach, res)
+
+
+def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
+    """Vectorized cover of many circles: returns (owner index, cell, is_boundary)."""
+    n = len(lat)
+    if n == 0:
+        e = np.empty(0, np.int64)
+        return e, e.copy(), np.empty(0, np.bool_)
+    reach = radius_m / R_EARTH_M
+    rho0 = _RHO_RAD[0]
+    target = reach / _CIRCLE_RHO_RATIO
+    res = np.ceil(2 * np.log(rho0 / target) / math.log(7) - 1e-12)
+    res = np.clip(res, 0, 15).astype(np.int64)
+    rho_tab = np.array(_RHO_RAD)
+    rho = rho_tab[res]
+    ks = np.maximum(1, np.ceil((reach + rho) / (_STEP_FRACTION * rho))).astype(np.int64)
+
+    l2c = h3i.latlng_to_cell
+    disk = h3m.grid_disk
+    parts: list[npt.NDArray[np.uint64]] = []
+    lens = np.empty(n, np.int64)
+    for i, (la, lo, r, k) in enumerate(
+        zip(lat.tolist(), lon.tolist(), res.tolist(), ks.tolist(), strict=True)
+    ):
+        d = np.asarray(disk(l2c(la, lo, r), k))
+        parts.append(d)
+        lens[i] = len(d)
+    cells = np.concatenate(parts).view(np.int64)
+    owner = np.repeat(np.arange(n, dtype=np.int64), lens)
+
+    uniq, inv = np.unique(cells, return_inverse=True)
+    ulat, ulon = _centres(uniq)
+    ux, uy, uz = _unit(ulat, ulon)
+    cx, cy, cz = _unit(lat, lon)
+    d = _angle_between(ux[inv], uy[inv], uz[inv], cx[owner], cy[owner], cz[owner])
+    rho_o = rho[owner]
+    reach_o = reach[owner]
+    keep = d - rho_o <= reach_o + _EPS_RAD
+    interior = d + rho_o < reach_o - _EPS_RAD
+    owner, cells, interior = owner[keep], cells[keep], interior[keep]
+    return _compact_interiors(owner, cells, ~interior)
+
+
+def _compact_interiors(owner: I64, cells: I64, boundary: Bool) -> tuple[I64, I64, Bool]:
+    """Replace each owner's interior cells by their h3.compact_cells form where it helps."""
+    inner_owner = owner[~boundary]
+    if len(inner_owner) == 0:
+        return owner, cells, boundary
+    counts = np.bincount(inner_owner)
+    big = np.flatnonzero(counts >= 7)
+    if len(big) == 0:
+        return owner, cells, boundary
+    sel = np.isin(owner, big) & ~boundary
+    keep_o, keep_c, keep_b = owner[~sel], cells[~sel], boundary[~sel]
+    so, sc = owner[sel], cells[sel]
+    order = np.argsort(so, kind="stable")
+    so, sc = so[order], sc[order]
+    starts = np.flatnonzero(np.r_[True, so[1:] != so[:-1]])
+    ends = np.r_[starts[1:], len(so)]
+    new_o: list[I64] = [keep_o]
+    new_c: list[I64] = [keep_c]
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        comp = np.asarray(h3m.compact_cells(sc[s:e].view(np.uint64))).view(np.int64)
+        new_o.append(np.full(len(comp), so[s], np.int64))
+        new_c.append(comp)
+    o = np.concatenate(new_o)
+    c = np.concatenate(new_c)
+    b = np.concatenate([keep_b, np.zeros(len(c) - len(keep_b), np.bool_)])
+    return o, c, b
+
+
+# --- polygons --------------------------------------------------------------------------------
+
+
+def _parts(shape: shapely.Polygon | shapely.MultiPolygon) -> list[shapely.Polygon]:
+    if isinstance(shape, shapely.MultiPolygon):
+        return [p for p in shape.geoms if not p.is_empty]
+    return [shape] if not shape.is_empty else []
+
+
+def _poly_size_rad(shape: shapely.Polygon | shapely.MultiPolygon) -> float:
+    minx, miny, maxx, maxy = shape.bounds
+    mid = math.radians(min(89.0, max(abs(miny), abs(maxy)) if miny * maxy > 0 else 0.0))
+    # the lon span shrinks towards the poles; use the latitude nearest the equator (widest)
+    w = math.radians(maxx - minx) * math.cos(mid)
+    hgt = math.radians(maxy - miny)
+    return max(w, hgt, 1e-9)
+
+
+def _part_reach(part: shapely.Polygon, lat0: float, lon0: float, res: int) -> float:
+    """Upper bound on the angle from (lat0, lon0) to any point of the part."""
+    step_deg = max(math.degrees(_RHO_RAD[res]) / 4.0, 1e-7)
+    ring = shapely.segmentize(part.exterior, step_deg)
+    xy = shapely.get_coordinates(ring)
+    px, py, pz = _unit(xy[:, 1], xy[:, 0])
+    c = _unit(np.array([lat0]), np.array([lon0]))
+    d = _angle_between(px, py, pz, c[0], c[1], c[2])
+    # the maximum of the distance over a region lies on its boundary (unless the region holds
+    # the antipode, caught by the caller via reach > pi/2); sub-segments add at most their length
+    return float(d.max()) + math.radians(step_deg) * math.sqrt(2.0)
+
+
+def _poly_plan(shape: shapely.Polygon | shapely.MultiPolygon) -> tuple[int, list[tuple[int, int]]]:
+    """Resolution and, per part, (seed cell, k) of the candidate disk (k = -1: all cells)."""
+    res = _res_for_reach(_poly_size_rad(shape), _POLY_RHO_RATIO)
+    plan: list[tuple[int, int]] = []
+    for part in _parts(shape):
+        rp = part.representative_point()
+        seed = h3i.latlng_to_cell(rp.y, rp.x, res)
+        slat, slon = h3i.cell_to_latlng(seed)
+        reach = _part_reach(part, slat, slon, res)
+        if reach > math.pi / 2:
+            plan.append((seed, -1))
+        else:
+            plan.append((seed, _k_for(reach, res)))
+    return res, plan
+
+
+def _plan_count(res: int, plan: Sequence[tuple[int, int]]) -> int:
+    total_cells = int(h3i.get_num_cells(res))
+    n = sum(total_cells if k < 0 else _disk_size(k) for _, k in plan)
+    return min(n, total_cells)
+
+
+def _cell_boxes(clat: F64, clon: F64, res: int) -> tuple[F64, F64, F64, F64, Bool]:
+    """Lon/lat boxes that certainly contain each cell: the cell lies in the spherical cap of
+    radius rho around its centre, and the cap lies in this box. Returns xmin, ymin, xmax, ymax
+    and whether the box reaches a pole (then it spans all longitudes)."""
+    rho = _RHO_RAD[res] + _EPS_RAD
+    rho_deg = math.degrees(rho)
+    ymin = clat - rho_deg - _EPS_DEG
+    ymax = clat + rho_deg + _EPS_DEG
+    polar = (ymax >= 90.0) | (ymin <= -90.0)
+    cosl = np.cos(np.radians(clat))
+    ratio = np.where(polar, 1.0, np.sin(rho) / np.maximum(cosl, 1e-300))
+    dlon = np.degrees(np.arcsin(np.minimum(1.0, ratio))) + _EPS_DEG
+    xmin = np.where(polar, -180.0, clon - dlon)
+    xmax = np.where(polar, 180.0, clon + dlon)
+    return xmin, np.maximum(ymin, -90.0), xmax, np.minimum(ymax, 90.0), polar
+
+
+def _classify_cells(
+    shape: shapely.Polygon | shapely.MultiPolygon, cells: I64, res: int
+) -> tuple[Bool, Bool]:
+    """(candidate, interior) per cell, conservatively, against planar lon/lat containment."""
+    clat, clon = _centres(cells)
+    xmin, ymin, xmax, ymax, polar = _cell_boxes(clat, clon, res)
+    boxes = shapely.box(xmin, ymin, xmax, ymax)
+    cand = shapely.intersects(shape, boxes)
+    # boxes poking past the antimeridian also stand for their copy on the other side
+    west = xmin < -180.0
+    east = xmax > 180.0
+    if west.any():
+        cand[west] |= shapely.intersects(
+            shape, shapely.box(xmin[west] + 360, ymin[west], xmax[west] + 360, ymax[west])
+        )
+    if east.any():
+        cand[east] |= shapely.intersects(
+            shape, shapely.box(xmin[east] - 360, ymin[east], xmax[east] - 360, ymax[east])
+        )
+    # a cell touching +-180 may be probed with the other sign of the same meridian, which the
+    # planar test sees elsewhere: such cells and polar ones are never interior
+    near_am = (xmin <= -180.0 + 1e-7) | (xmax >= 180.0 - 1e-7)
+    interior = cand & ~polar & ~near_am
+    if interior.any():
+        interior[interior] = shapely.contains_properly(shape, boxes[interior])
+    return cand, interior
+
+
+def _cover_polygon(
+    shape: shapely.Polygon | shapely.MultiPolygon, max_cells: int
+) -> tuple[I64, Bool]:
+    res, plan = _poly_plan(shape)
+    est = _plan_count(res, plan)
+    if est > max_cells:
+        raise ZoneTooLargeError(f"zone needs ~{est} cells at res {res}, cap is {max_cells}")
+    if any(k < 0 for _, k in plan) or est >= h3i.get_num_cells(res):
+        cand_cells = np.asarray(h3m.uncompact_cells(np.asarray(h3m.get_res0_cells()), res)).view(
+            np.int64
+        )
+    else:
+        cand_cells = np.unique(
+            np.concatenate([np.asarray(h3m.grid_disk(s, k)) for s, k in plan]).view(np.int64)
+        )
+    shapely.prepare(shape)
+    cand, interior = _classify_cells(shape, cand_cells, res)
+    cells = cand_cells[cand]
+    boundary = ~interior[cand]
+    owner = np.zeros(len(cells), np.int64)
+    _, cells, boundary = _compact_interiors(owner, cells, boundary)
+    return cells, boundary
+
+
+def estimate_cell_count(shape: ZoneShape) -> int:
+    """Cheap upper estimate of the candidate cells a cover will evaluate (the final cover is
+    smaller). Used to refuse zones before covering them."""
+    if isinstance(shape, Circle):
+        _, k = _circle_plan(shape.radius_m)
+        return _disk_size(k)
+    res, plan = _poly_plan(shape)
+    return _plan_count(res, plan)
+
+
+def cover(shape: ZoneShape, max_cells: int = MAX_CELLS_PER_ZONE) -> Cover:
+    """Pure cover function (picklable inputs/outputs; safe to run in a worker pool)."""
+    if isinstance(shape, Circle):
+        est = estimate_cell_count(shape)
+        if est > max_cells:
+            raise ZoneTooLargeError(f"circle needs ~{est} cells, cap is {max_cells}")
+        _, cells, boundary = _cover_circles(
+            np.array([shape.lat]), np.array([shape.lon]), np.array([shape.radius_m])
+        )
+        return Cover(cells, boundary)
+    cells, boundary = _cover_polygon(shape, max_cells)
+    return Cover(cells, boundary)
+
+
+# --- hash tables -----------------------------------------------------------------------------
+
+
+class _Level:
+    """Open-addressing (linear probing) table of one resolution: cell -> value, where value
+    >= 0 is a single entry code and value < 0 is -(offset + 1) into the shared multi array
+    laid out as [count, code, code, ...]."""
+
+    __slots__ = ("keys", "keys_mv", "mask", "pclear", "pset", "res", "shift", "vals", "vals_mv")
+
+    def __init__(self, res: int, keys: I64, vals: I64) -> None:
+        self.res = res
+        self.keys = keys
+        self.vals = vals
+        self.keys_mv = keys.data
+        self.vals_mv = vals.data
+        bits = len(keys).bit_length() - 1
+        self.mask = len(keys) - 1
+        self.shift = 64 - bits
+        self.pclear = _PCLEAR[res]
+        self.pset = _PSET[res]
+
+
+def _hash_np(cells: I64, shift: int) -> npt.NDArray[np.intp]:
+    h = cells.view(np.uint64) * np.uint64(_HASH_MULT)
+    return (h >> np.uint64(shift)).astype(np.intp)
+
+
+def _build_level(res: int, ucells: I64, vals: I64) -> _Level:
+    n = len(ucells)
+    bits = max(4, int(2 * n).bit_length())
+    size = 1 << bits
+    keys = np.zeros(size, np.int64)
+    tv = np.zeros(size, np.int64)
+    shift = 64 - bits
+    mask = size - 1
+    pos = _hash_np(ucells, shift)
+    todo = np.arange(n)
+    while len(todo):
+        p = pos[todo]
+        free = keys[p] == _EMPTY
+        # among items aiming at the same free slot, the first one wins this round
+        cand = todo[free]
+        pc = p[free]
+        _, first = np.unique(pc, return_index=True)
+        win = cand[first]
+        keys[pos[win]] = ucells[win]
+        tv[pos[win]] = vals[win]
+        won = np.zeros(n, np.bool_)
+        won[win] = True
+        todo = todo[~won[todo]]
+        pos[todo] = (pos[todo] + 1) & mask
+    return _Level(res, keys, tv)
+
+
+def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
+    """Vectorized lookup: (indices into q that hit, their values)."""
+    pos = _hash_np(q, level.shift)
+    todo = np.arange(len(q))
+    hit_i: list[npt.NDArray[np.intp]] = []
+    hit_v: list[I64] = []
+    keys = level.keys
+    while len(todo):
+        k = keys[pos]
+        found = k == q[todo]
+        if found.any():
+            hit_i.append(todo[found])
+            hit_v.append(level.vals[pos[found]])
+        more = ~found & (k != _EMPTY)
+        todo = todo[more]
+        pos = (pos[more] + 1) & level.mask
+    if not hit_i:
+        return np.empty(0, np.intp), np.empty(0, np.int64)
+    return np.concatenate(hit_i), np.concatenate(hit_v)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    levels: tuple[_Level, ...]
+    multi: I64
+    multi_mv: memoryview
+    n_entries: int
+
+    @staticmethod
+    def build(cells: I64, codes: I64) -> _Tables:
+        if len(cells) == 0:
+            e = np.zeros(1, np.int64)
+            return _Tables((), e, e.data, 0)
+        order = np.lexsort((codes, cells))
+        cells, codes = cells[order], codes[order]
+        starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+        counts = np.diff(np.r_[starts, len(cells)])
+        ucells = cells[starts]
+        vals = codes[starts].copy()
+        multi_sel = counts > 1
+        mstarts = starts[multi_sel]
+        mcounts = counts[multi_sel]
+        # multi layout: [count, codes...] per multi cell
+        moff = np.r_[0, np.cumsum(mcounts + 1)[:-1]].astype(np.int64)
+        multi = np.zeros(int((mcounts + 1).sum()) + 1, np.int64)
+        multi[moff] = mcounts
+        if len(mstarts):
+            rep = np.repeat(np.arange(len(mstarts)), mcounts)
+            within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(mcounts)[:-1]], mcounts)
+            multi[moff[rep] + 1 + within] = codes[mstarts[rep] + within]
+        vals[multi_sel] = -(moff + 1)
+        res = (ucells >> _RES_SHIFT) & 15
+        levels = []
+        for r in np.unique(res).tolist():
+            sel = res == r
+            levels.append(_build_level(int(r), ucells[sel], vals[sel]))
+        # finest first: the probe order does not matter, but keep it deterministic
+        levels.sort(key=lambda lv: -lv.res)
+        return _Tables(tuple(levels), multi, multi.data, len(cells))
+
+    def pairs(self) -> tuple[I64, I64]:
+        """All (cell, code) pairs, for merging."""
+        cs: list[I64] = []
+        vs: list[I64] = []
+        for lv in self.levels:
+            used = lv.keys != _EMPTY
+            k = lv.keys[used]
+            v = lv.vals[used]
+            single = v >= 0
+            cs.append(k[single])
+            vs.append(v[single])
+            mk = k[~single]
+            off = -v[~single] - 1
+            cnt = self.multi[off]
+            rep = np.repeat(np.arange(len(off)), cnt)
+            within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt)
+            cs.append(mk[rep])
+            vs.append(self.multi[off[rep] + 1 + within])
+        if not cs:
+            e = np.empty(0, np.int64)
+            return e, e.copy()
+        return np.concatenate(cs), np.concatenate(vs)
+
+
+def _expand(
+    tables: _Tables, idx: npt.NDArray[np.intp], vals: I64
+) -> tuple[npt.NDArray[np.intp], I64]:
+    single = vals >= 0
+    if single.all():
+        return idx, vals
+    off = -vals[~single] - 1
+    cnt = tables.multi[off]
+    rep = np.repeat(np.arange(len(off)), cnt)
+    within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt)
+    mi = idx[~single][rep]
+    mv = tables.multi[off[rep] + 1 + within]
+    return np.concatenate([idx[single], mi]), np.concatenate([vals[single], mv])
+
+
+# --- the index -------------------------------------------------------------------------------
+
+_CIRCLE_COLS = 4  # x, y, z of the centre unit vector, squared chord of the radius
+
+
+class ZoneIndex:
+    """Zones of one tenant. Not thread-safe for concurrent mutation: call put/remove and
+    lookups from one thread (the event loop). Every method is synchronous and a put computes
+    the whole cover before it touches any visible state, so a lookup sees the old or the new
+    zone, never a partial cover, and a failed put (e.g. ZoneTooLargeError) changes nothing."""
+
+    def __init__(self, max_cells_per_zone: int = MAX_CELLS_PER_ZONE) -> None:
+        self.max_cells_per_zone = max_cells_per_zone
+        self._zone_slot: dict[str, int] = {}
+        self._slot_zone: list[str] = []
+        self._slot_zone_np: npt.NDArray[np.object_] | None = None
+        self._alive = np.zeros(16, np.uint8)
+        self._alive_mv = self._alive.data
+        self._circ = np.zeros(16 * _CIRCLE_COLS, np.float64)
+        self._circ_mv = self._circ.data
+        self._polys: dict[int, shapely.Polygon | shapely.MultiPolygon] = {}
+        self._poly_np: npt.NDArray[np.object_] | None = None
+        self._tables = _Tables.build(np.empty(0, np.int64), np.empty(0, np.int64))
+        self._dead_entries = 0
+        self._overlay: dict[int, tuple[int, ...]] = {}
+        self._ov_res_count = [0] * 16
+        self._ov_tables: _Tables | None = None
+        self._slot_entries: dict[int, int] = {}
+        self._plan: tuple[int, _Tables, dict[int, tuple[int, ...]], tuple[int, ...]] = (
+            0,
+            self._tables,
+            self._overlay,
+            (),
+        )
+        self._replan()
+
+    # -- public API --
+
+    def __len__(self) -> int:
+        return len(self._zone_slot)
+
+    def __contains__(self, zone_id: object) -> bool:
+        return zone_id in self._zone_slot
+
+    def put(self, zone_id: str, shape: ZoneShape) -> None:
+        """Add or replace one zone (cover computed first; ZoneTooLargeError leaves no trace)."""
+        cov = cover(shape, self.max_cells_per_zone)
+        self._commit([(zone_id, shape, cov.cells, cov.boundary)])
+
+    def put_many(self, items: Iterable[tuple[str, ZoneShape]]) -> None:
+        """Bulk add/replace. Circles are covered in one vectorized pass; if any zone is too
+        large, ZoneTooLargeError is raised and nothing is applied."""
+        items = list(items)
+        if not items:
+            return
+        # last write wins for repeated ids within the batch
+        dedup: dict[str, ZoneShape] = {}
+        for zid, shape in items:
+            dedup.pop(zid, None)
+            dedup[zid] = shape
+        ids = list(dedup)
+        shapes = list(dedup.values())
+        circ_idx = [i for i, s in enumerate(shapes) if isinstance(s, Circle)]
+        covers: list[tuple[I64, Bool] | None] = [None] * len(shapes)
+        for i, s in enumerate(shapes):
+            if not isinstance(s, Circle):
+                cells, boundary = _cover_polygon(s, self.max_cells_per_zone)
+                covers[i] = (cells, boundary)
+        if circ_idx:
+            circles = [shapes[i] for i in circ_idx]
+            lat = np.array([c.lat for c in circles])
+            lon = np.array([c.lon for c in circles])
+            rad = np.array([c.radius_m for c in circles])
+            if self.max_cells_per_zone < _disk_size(5):
+                for c in circles:
+                    est = estimate_cell_count(c)
+                    if est > self.max_cells_per_zone:
+                        raise ZoneTooLargeError(
+                            f"circle needs ~{est} cells, cap is {self.max_cells_per_zone}"
+                        )
+            owner, cells, boundary = _cover_circles(lat, lon, rad)
+        else:
+            owner = np.empty(0, np.int64)
+            cells = np.empty(0, np.int64)
+            boundary = np.empty(0, np.bool_)
+        self._commit_bulk(ids, shapes, covers, circ_idx, owner, cells, boundary)
+
+    def remove(self, zone_id: str) -> None:
+        slot = self._zone_slot.pop(zone_id, None)
+        if slot is None:
+            return
+        self._alive[slot] = 0
+        self._retire(slot)
+        self._maybe_merge()
+
+    def lookup(self, lat: float, lon: float) -> list[str]:
+        """Ids of the zones containing the point (any order)."""
+        # one read of the plan: tables, overlay and resolutions that belong together
+        max_res, tables, ov, ov_res = self._plan
+        levels = tables.levels
+        if not levels and not ov_res:
+            return []
+        q = h3i.latlng_to_cell(lat, lon, max_res)
+        alive = self._alive_mv
+        cand: list[int] = []
+        for lv in levels:
+            p = (q & lv.pclear) | lv.pset
+            i = ((p * _HASH_MULT) & _M64) >> lv.shift
+            keys = lv.keys_mv
+            k = keys[i]
+            while k != p:
+                if k == _EMPTY:
+                    break
+                i = (i + 1) & lv.mask
+                k = keys[i]
+            else:
+                v = lv.vals_mv[i]
+                if v >= 0:
+                    cand.append(v)
+                else:
+                    m = tables.multi_mv
+                    o = -v - 1
+                    cand.extend(m[o + 1 : o + 1 + m[o]])
+        if ov_res:
+            for r in ov_res:
+                got = ov.get((q & _PCLEAR[r]) | _PSET[r])
+                if got:
+                    cand.extend(got)
+        if not cand:
+            return []
+        out: list[str] = []
+        px = py = pz = 0.0
+        have_p = False
+        circ = self._circ_mv
+        for code in cand:
+            slot = code >> 2
+            if not alive[slot]:
+                continue
+            if code & 1:
+                if code & 2:
+                    if not shapely.contains_xy(self._polys[slot], lon, lat):
+                        continue
+                else:
+                    if not have_p:
+                        la = math.radians(lat)
+                        lo = math.radians(lon)
+                        cl = math.cos(la)
+                        px, py, pz = cl * math.cos(lo), cl * math.sin(lo), math.sin(la)
+                        have_p = True
+                    b = slot * _CIRCLE_COLS
+                    dx = px - circ[b]
+                    dy = py - circ[b + 1]
+                    dz = pz - circ[b + 2]
+                    if dx * dx + dy * dy + dz * dz > circ[b + 3]:
+                        continue
+            out.append(self._slot_zone[slot])
+        return out
+
+    def lookup_many(self, lats: npt.ArrayLike, lons: npt.ArrayLike) -> list[list[str]]:
+        """Batch form of lookup: one list of zone ids per point."""
+        lat = np.ascontiguousarray(lats, dtype=np.float64).ravel()
+        lon = np.ascontiguousarray(lons, dtype=np.float64).ravel()
+        n = len(lat)
+        if len(lon) != n:
+            raise ValueError("lats and lons differ in length")
+        max_res, tables, _, ov_res = self._plan
+        out: list[list[str]] = [[] for _ in range(n)]
+        if n == 0 or (not tables.levels and not ov_res):
+            return out
+        q = latlng_to_cells(lat, lon, max_res)
+        pts_l: list[npt.NDArray[np.intp]] = []
+        codes_l: list[I64] = []
+        for tables in self._all_tables():
+            for lv in tables.levels:
+                p = (q & np.int64(lv.pclear)) | np.int64(lv.pset)
+                hi, hv = _probe_np(lv, p)
+                if len(hi):
+                    hi, hv = _expand(tables, hi, hv)
+                    pts_l.append(hi)
+                    codes_l.append(hv)
+        if not pts_l:
+            return out
+        pts = np.concatenate(pts_l)
+        codes = np.concatenate(codes_l)
+        slots = codes >> 2
+        ok = self._alive[slots].astype(np.bool_)
+        bnd = (codes & 1).astype(np.bool_) & ok
+        circ_b = bnd & ((codes & 2) == 0)
+        if circ_b.any():
+            ci = np.flatnonzero(circ_b)
+            sp = pts[ci]
+            cs = slots[ci] * _CIRCLE_COLS
+            la = np.radians(lat[sp])
+            lo = np.radians(lon[sp])
+            cl = np.cos(la)
+            cc = self._circ
+            d2 = (
+                np.square(cl * np.cos(lo) - cc[cs])
+                + np.square(cl * np.sin(lo) - cc[cs + 1])
+                + np.square(np.sin(la) - cc[cs + 2])
+            )
+            ok[ci] = d2 <= cc[cs + 3]
+        poly_b = bnd & ((codes & 2) != 0)
+        if poly_b.any():
+            pi = np.flatnonzero(poly_b)
+            sp = pts[pi]
+            geoms = self._poly_array()[slots[pi]]
+            ok[pi] = shapely.contains_xy(geoms, lon[sp], lat[sp])
+        pts = pts[ok]
+        names = self._zone_array()[slots[ok]]
+        for pt, name in zip(pts.tolist(), names.tolist(), strict=True):
+            out[pt].append(name)
+        return out
+
+    # -- internals --
+
+    def _all_tables(self) -> list[_Tables]:
+        ts = [self._tables]
+        if self._overlay:
+            if self._ov_tables is None:
+                cells = np.fromiter((c for c, v in self._overlay.items() for _ in v), np.int64)
+                codes = np.fromiter((x for v in self._overlay.values() for x in v), np.int64)
+                self._ov_tables = _Tables.build(cells, codes)
+            ts.append(self._ov_tables)
+        return ts
+
+    def _zone_array(self) -> npt.NDArray[np.object_]:
+        if self._slot_zone_np is None or len(self._slot_zone_np) != len(self._slot_zone):
+            arr = np.empty(len(self._slot_zone), dtype=object)
+            arr[:] = self._slot_zone
+            self._slot_zone_np = arr
+        return self._slot_zone_np
+
+    def _poly_array(self) -> npt.NDArray[np.object_]:
+        if self._poly_np is None or len(self._poly_np) != len(self._slot_zone):
+            arr = np.empty(len(self._slot_zone), dtype=object)
+            for s, g in self._polys.items():
+                arr[s] = g
+            self._poly_np = arr
+        return self._poly_np
+
+    def _replan(self) -> None:
+        ov_res = tuple(r for r in range(15, -1, -1) if self._ov_res_count[r])
+        res_all = [lv.res for lv in self._tables.levels] + list(ov_res)
+        self._plan = (max(res_all) if res_all else 0, self._tables, self._overlay, ov_res)
+
+    def _grow(self, need_slots: int) -> None:
+        cap = len(self._alive)
+        if need_slots <= cap:
+            return
+        new_cap = max(need_slots, 2 * cap)
+        alive = np.zeros(new_cap, np.uint8)
+        alive[:cap] = self._alive
+        circ = np.zeros(new_cap * _CIRCLE_COLS, np.float64)
+        circ[: len(self._circ)] = self._circ
+        # swap views after the new arrays are complete
+        self._circ, self._circ_mv = circ, circ.data
+        self._alive, self._alive_mv = alive, alive.data
+
+    def _new_slots(self, ids: list[str], shapes: list[ZoneShape]) -> int:
+        first = len(self._slot_zone)
+        self._grow(first + len(ids))
+        circ = self._circ
+        for j, s in enumerate(shapes):
+            slot = first + j
+            if isinstance(s, Circle):
+                x, y, z = _unit(np.array([s.lat]), np.array([s.lon]))
+                b = slot * _CIRCLE_COLS
+                circ[b : b + 3] = (x[0], y[0], z[0])
+                circ[b + 3] = _chord_thresh(np.array([s.radius_m]))[0]
+            else:
+                shapely.prepare(s)
+                self._polys[slot] = s
+        self._slot_zone.extend(ids)
+        self._poly_np = None
+        return first
+
+    def _retire(self, slot: int) -> None:
+        self._dead_entries += self._slot_entries.pop(slot, 0)
+        self._polys.pop(slot, None)
+        self._poly_np = None
+
+    def _switch(self, ids: list[str], first: int) -> None:
+        for j, zid in enumerate(ids):
+            slot = first + j
+            self._alive[slot] = 1
+            old = self._zone_slot.get(zid)
+            self._zone_slot[zid] = slot
+            if old is not None:
+                self._alive[old] = 0
+                self._retire(old)
+
+    def _commit(self, entries: list[tuple[str, ZoneShape, I64, Bool]]) -> None:
+        ids = [e[0] for e in entries]
+        first = self._new_slots(ids, [e[1] for e in entries])
+        ov = self._overlay
+        for j, (_, shape, cells, boundary) in enumerate(entries):
+            slot = first + j
+            base = (slot << 2) | (0 if isinstance(shape, Circle) else 2)
+            for c, b in zip(cells.tolist(), boundary.tolist(), strict=True):
+                ov[c] = (*ov.get(c, ()), base | int(b))
+                self._ov_res_count[(c >> _RES_SHIFT) & 15] += 1
+            self._slot_entries[slot] = len(cells)
+        self._ov_tables = None
+        self._replan()
+        self._switch(ids, first)
+        self._maybe_merge()
+
+    def _commit_bulk(
+        self,
+        ids: list[str],
+        shapes: list[ZoneShape],
+        covers: list[tuple[I64, Bool] | None],
+        circ_idx: list[int],
+        owner: I64,
+        cells: I64,
+        boundary: Bool,
+    ) -> None:
+        n_new = len(cells) + sum(len(c[0]) for c in covers if c is not None)
+        first = len(self._slot_zone)
+        circ_slot = np.array(circ_idx, np.int64) + first
+        parts_c = [cells]
+        parts_k = [(circ_slot[owner] << 2) | boundary.astype(np.int64)]
+        for j, cv in enumerate(covers):
+            if cv is not None:
+                parts_c.append(cv[0])
+                parts_k.append(((first + j) << 2) | 2 | cv[1].astype(np.int64))
+        new_cells = np.concatenate(parts_c)
+        new_codes = np.concatenate(parts_k)
+        per_slot = np.bincount((new_codes >> 2) - first, minlength=len(ids))
+        if n_new < self._tables.n_entries // 8:
+            # small batch into a big index: go through the overlay
+            first2 = self._new_slots(ids, shapes)
+            assert first2 == first
+            ov = self._overlay
+            for c, k in zip(new_cells.tolist(), new_codes.tolist(), strict=True):
+                ov[c] = (*ov.get(c, ()), k)
+                self._ov_res_count[(c >> _RES_SHIFT) & 15] += 1
+            self._ov_tables = None
+        else:
+            self._new_slots(ids, shapes)
+            self._merge(extra=(new_cells, new_codes), switching=(ids, first))
+        for j in range(len(ids)):
+            self._slot_entries[first + j] = int(per_slot[j])
+        self._replan()
+        self._switch(ids, first)
+        self._maybe_merge()
+
+    def _maybe_merge(self) -> None:
+        base = self._tables.n_entries
+        ov = sum(self._ov_res_count)
+        if ov > max(50_000, base // 4) or self._dead_entries > max(50_000, base // 2):
+            self._merge()
+
+    def _merge(
+        self,
+        extra: tuple[I64, I64] | None = None,
+        switching: tuple[list[str], int] | None = None,
+    ) -> None:
+        """Rebuild the tables from the live base entries, the overlay and `extra`."""
+        cells, codes = self._tables.pairs()
+        parts_c = [cells]
+        parts_k = [codes]
+        if self._overlay:
+            parts_c.append(np.fromiter((c for c, v in self._overlay.items() for _ in v), np.int64))
+            parts_k.append(np.fromiter((x for v in self._overlay.values() for x in v), np.int64))
+        keep_alive = self._alive.copy()
+        if switching is not None:
+            # the new slots are not alive yet, but their entries must survive the merge, and
+            # the slots they replace may be dropped already
+            ids, first = switching
+            keep_alive[first : first + len(ids)] = 1
+            for zid in ids:
+                old = self._zone_slot.get(zid)
+                if old is not None:
+                    keep_alive[old] = 0
+        if extra is not None:
+            parts_c.append(extra[0])
+            parts_k.append(extra[1])
+        cells = np.concatenate(parts_c)
+        codes = np.concatenate(parts_k)
+        live = keep_alive[codes >> 2].astype(np.bool_)
+        tables = _Tables.build(cells[live], codes[live])
+        # one assignment each: lookups read self._plan, which still points at the old levels
+        self._tables = tables
+        self._overlay = {}
+        self._ov_res_count = [0] * 16
+        self._ov_tables = None
+        self._dead_entries = 0
+        self._replan()
+
+
+def latlng_to_cells(lat: F64, lon: F64, res: int) -> I64:
+    """H3 cells (int64) of many points at one resolution."""
+    f = h3i.latlng_to_cell
+    return np.fromiter(
+        (f(a, b, res) for a, b in zip(lat.tolist(), lon.tolist(), strict=True)),
+        np.int64,
+        count=len(lat),
+    )
+
+
+_ = h3  # the top-level module is imported for callers that want h3.__version__ via this module
