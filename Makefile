@@ -29,8 +29,9 @@ redis-server:
 	  fi; }
 
 run: install
-	GEOSERVICE_OPERATOR_TOKEN=$${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token} \
-	  $(BIN)/geoservice serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --demo
+	@echo "geoservice: operator token (development): $${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token}"
+	@GEOSERVICE_OPERATOR_TOKEN=$${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token} \
+	  exec $(BIN)/geoservice serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check geoservice tests loadtest

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from geoservice import __version__
 from geoservice.embedded_redis import EmbeddedRedisError
@@ -36,7 +38,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", help="load the demo tenant and the example zones"
     )
+    zones = commands.add_parser("zones", help="zone files")
+    zone_commands = zones.add_subparsers(dest="zones_command", metavar="ZONES_COMMAND")
+    zone_import = zone_commands.add_parser(
+        "import",
+        help="validate a GeoJSON FeatureCollection and write it into a tenant's zones",
+        description="Writes straight to Redis (REDIS_URL or --redis-url), all Features or none; "
+        "running instances pick the zones up through the change feed.",
+    )
+    zone_import.add_argument("file", type=Path, help="a GeoJSON FeatureCollection")
+    zone_import.add_argument("--tenant", required=True, help="tenant id")
+    zone_import.add_argument("--redis-url", help="overrides REDIS_URL")
     return parser
+
+
+async def _import_zones(redis_url: str, tenant_id: str, path: Path) -> str:
+    from geoservice.demo import import_zone_file
+    from geoservice.settings import Settings
+    from geoservice.store import Store
+
+    store = Store.open(Settings(redis_url=redis_url))
+    try:
+        created, updated = await import_zone_file(store, tenant_id, path)
+    finally:
+        await store.close()
+    return f"geoservice: {path}: {created} zones created, {updated} replaced in {tenant_id!r}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "zones":
+        return _zones_command(args, parser)
     try:
         settings = settings_from_env()
         if args.command == "serve":
@@ -65,3 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser.print_help()
     return 2
+
+
+def _zones_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from geoservice.demo import ImportFileError
+    from geoservice.errors import NotFound
+
+    if args.zones_command != "import":
+        parser.parse_args(["zones", "--help"])
+        return 2
+    redis_url = args.redis_url or os.environ.get("REDIS_URL")
+    try:
+        if not redis_url:
+            raise SettingsError("zones import needs REDIS_URL or --redis-url")
+        validate_redis_url(redis_url)
+        print(asyncio.run(_import_zones(redis_url, args.tenant, args.file)))
+    except (SettingsError, ImportFileError, NotFound, RedisError, OSError) as exc:
+        message = exc.detail if isinstance(exc, NotFound) else str(exc)
+        print(f"geoservice: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,34 +1,79 @@
-"""The demo data `make run` starts with: a tenant with well-known keys, the example zones."""
+"""The demo data `make run` starts with: a tenant with well-known keys and the example zones."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from geoservice.errors import ValidationFailed
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
+from geoservice.zones import ZoneDirectory, Zones
 
 DEMO_TENANT = "demo"
 DEMO_SECRET_KEY = "sk_demo_local_only_0000000000000000000000000"
 DEMO_SDK_KEY = "pk_demo_local_only_0000000000000000000000000"
+EXAMPLE_ZONES = Path(__file__).resolve().parent.parent / "zones" / "switzerland.geojson"
+
+
+class ImportFileError(ValueError):
+    """A zone file that cannot be imported; the message is one line for the operator."""
+
+
+async def import_zone_file(store: Store, tenant_id: str, path: Path) -> tuple[int, int]:
+    """Validate every Feature of a GeoJSON file, then write them all at once (all or nothing)."""
+    from geoservice.http.zones import MAX_IMPORT_FEATURES, check_import
+
+    await Tenants(store).get(tenant_id)  # NotFound for an unknown tenant
+    try:
+        collection = orjson.loads(await asyncio.to_thread(path.read_bytes))
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ImportFileError(f"{path}: {exc}") from None
+    features = collection.get("features") if isinstance(collection, dict) else None
+    if not isinstance(features, list):
+        raise ImportFileError(f"{path}: not a GeoJSON FeatureCollection")
+    zones = Zones(store, ZoneDirectory())
+    created = updated = 0
+    try:
+        # Files may be larger than one API import; each chunk is all-or-nothing on its own,
+        # so validate the whole file first.
+        items = await asyncio.to_thread(check_import, features)
+    except ValidationFailed as exc:
+        first = exc.errors[0] if exc.errors else None
+        where = f" (first: {first.field}: {first.message})" if first else ""
+        raise ImportFileError(f"{path}: {exc.detail}{where}") from None
+    for start in range(0, len(items), MAX_IMPORT_FEATURES):
+        c, u = await zones.put_many(tenant_id, items[start : start + MAX_IMPORT_FEATURES])
+        created, updated = created + c, updated + u
+    return created, updated
 
 
 async def seed_demo(settings: Settings) -> list[str]:
-    """Create the demo tenant (idempotent); returns lines to show the user."""
+    """Create the demo tenant and its zones (idempotent); returns lines to show the user."""
     store = Store.open(settings)
+    lines = [f"geoservice: demo tenant {DEMO_TENANT!r}"]
     try:
         tenants = Tenants(store)
-        existing = await tenants.list_ids()
-        if DEMO_TENANT not in existing:
+        if DEMO_TENANT not in await tenants.list_ids():
             await tenants.create(
                 DEMO_TENANT,
-                "Demo Delikatessen AG",
+                "Sapori Delikatessen AG",
                 "Europe/Zurich",
                 secret_key=DEMO_SECRET_KEY,
                 sdk_key=DEMO_SDK_KEY,
             )
+        if EXAMPLE_ZONES.exists():
+            created, updated = await import_zone_file(store, DEMO_TENANT, EXAMPLE_ZONES)
+            lines.append(f"geoservice:   {created + updated} zones from {EXAMPLE_ZONES.name}")
+        else:
+            lines.append("geoservice:   no example zones next to this install")
     finally:
         await store.close()
-    return [
-        f"geoservice: demo tenant {DEMO_TENANT!r}",
+    lines += [
         f"geoservice:   secret key (back office): {DEMO_SECRET_KEY}",
         f"geoservice:   SDK key (pings):          {DEMO_SDK_KEY}",
     ]
+    return lines

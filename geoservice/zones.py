@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from geoservice.geometry import (
     default_timezone,
     representative_point,
     shape_from_geojson,
+    shape_to_geojson,
 )
 from geoservice.index import MAX_CELLS_PER_ZONE, Circle, ZoneIndex, estimate_cell_count
 from geoservice.store import Store
@@ -148,11 +149,11 @@ def build_zone(draft: ZoneDraft, now_ms: int) -> tuple[Zone, ZoneShape]:
     if timezone is None:
         lat, lon = representative_point(shape)
         timezone = default_timezone(lat, lon)
-    stored_geometry = dict(draft.geometry) if isinstance(draft.geometry, Mapping) else {}
     zone = Zone(
         zone_id=draft.zone_id,
         name=draft.name,
-        geometry=stored_geometry,
+        # The canonical form: altitudes dropped, a naive antimeridian crossing stored split.
+        geometry=shape_to_geojson(shape),
         store_id=draft.store_id,
         timezone=timezone,
         dwell_s=DEFAULT_DWELL_S if draft.dwell_s is None else draft.dwell_s,

@@ -188,3 +188,52 @@ def test_help_lists_the_environment():
     assert result.returncode == 0
     for name in ("REDIS_URL", "GEOSERVICE_OPERATOR_TOKEN", "GEOSERVICE_SIGNING_KEYS", "--workers"):
         assert name in result.stdout
+
+
+def test_zones_import_command_writes_a_file_into_a_tenant(redis_url: str, tmp_path: Path):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from geoservice.settings import Settings
+    from geoservice.store import Store
+    from geoservice.tenants import Tenants
+
+    async def prepare() -> None:
+        client = Redis.from_url(redis_url)
+        await client.flushall()
+        await client.aclose()
+        store = Store.open(Settings(redis_url=redis_url))
+        await Tenants(store).create("acme", "Acme", "Europe/Zurich")
+        await store.close()
+
+    asyncio.run(prepare())
+    example = Path(__file__).resolve().parent.parent / "zones" / "switzerland.geojson"
+    count = len(orjson.loads(example.read_bytes())["features"])
+    command = [sys.executable, "-m", "geoservice", "zones", "import"]
+    result = subprocess.run(
+        [*command, str(example), "--tenant", "acme", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{count} zones created, 0 replaced in 'acme'" in result.stdout
+    broken = tmp_path / "broken.geojson"
+    broken.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"}]}')
+    result = subprocess.run(
+        [*command, str(broken), "--tenant", "acme", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "1 of 1 Features are invalid" in result.stderr
+    result = subprocess.run(
+        [*command, str(example), "--tenant", "ghost", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "geoservice: tenant 'ghost' does not exist"
