@@ -35,15 +35,15 @@ def zone_ids(tenant_id: str) -> str:
 
 def device_state(device: str) -> str:
     """Geofence state of one device (pseudonym): which zones it is in since when; TTL 24 h."""
-    return f"{PREFIX}dev:{{d:{device}}}"
+    return f"{PREFIX}dev:{{{device_tag(device)}}}"
 
 
 def device_consent(device: str) -> str:
-    return f"{PREFIX}dev-consent:{{d:{device}}}"
+    return f"{PREFIX}dev-consent:{{{device_tag(device)}}}"
 
 
 def device_rate(device: str) -> str:
-    return f"{PREFIX}dev-rate:{{d:{device}}}"
+    return f"{PREFIX}dev-rate:{{{device_tag(device)}}}"
 
 
 def events(tenant_id: str) -> str:
@@ -59,3 +59,64 @@ def zone_stats(tenant_id: str, hour_ms: int) -> str:
 def zone_uniques(tenant_id: str, hour_ms: int, zone_id: str) -> str:
     """HyperLogLog of the device pseudonyms seen entering a zone in one hour."""
     return f"{PREFIX}uniq:{{t:{tenant_id}}}:{hour_ms}:{zone_id}"
+
+
+def offers(tenant_id: str) -> str:
+    """Hash offer_id -> stored offer (msgpack)."""
+    return f"{PREFIX}offers:{{t:{tenant_id}}}"
+
+
+def offer_ids(tenant_id: str) -> str:
+    return f"{PREFIX}offer-ids:{{t:{tenant_id}}}"
+
+
+def offer_budget(tenant_id: str, offer_id: str) -> str:
+    """Issuances of an offer so far, against its budget (its own slot: a hot offer is one key)."""
+    return f"{PREFIX}budget:{{o:{tenant_id}:{offer_id}}}"
+
+
+def customer_tag(tenant_id: str, customer_id: str) -> str:
+    return f"c:{tenant_id}:{customer_id}"
+
+
+def device_tag(device: str) -> str:
+    return f"d:{device}"
+
+
+def interests(tenant_id: str, customer_id: str) -> str:
+    """Sorted set of the customer's interest events, scored by ts; TTL = the lookback."""
+    return f"{PREFIX}interests:{{{customer_tag(tenant_id, customer_id)}}}"
+
+
+def customer_consent(tenant_id: str, customer_id: str) -> str:
+    return f"{PREFIX}consent:{{{customer_tag(tenant_id, customer_id)}}}"
+
+
+def customer_devices(tenant_id: str, customer_id: str) -> str:
+    """Pseudonyms of the devices that pinged with this customer id (for export and erasure)."""
+    return f"{PREFIX}devices:{{{customer_tag(tenant_id, customer_id)}}}"
+
+
+def customer_profile(tenant_id: str, customer_id: str) -> str:
+    return f"{PREFIX}profile:{{{customer_tag(tenant_id, customer_id)}}}"
+
+
+def caps(holder_tag: str, device: str) -> str:
+    """One device's offer caps (per-day count, per-zone cooldown), kept under the holder's tag
+    (the customer when known, else the device) so one script checks every cap at once."""
+    return f"{PREFIX}caps:{{{holder_tag}}}:{device}"
+
+
+def offer_counts(holder_tag: str) -> str:
+    """Per offer, the issue times to this customer (or device) in the last 30 days."""
+    return f"{PREFIX}offer-counts:{{{holder_tag}}}"
+
+
+def issued_ids(holder_tag: str) -> str:
+    """Ids of the offers issued to this customer (or device), for export and erasure."""
+    return f"{PREFIX}issued-ids:{{{holder_tag}}}"
+
+
+def issued_offer(offer_instance_id: str) -> str:
+    """One issued offer and, once redeemed, its redemption; TTL validity + grace."""
+    return f"{PREFIX}issued:{{i:{offer_instance_id}}}"

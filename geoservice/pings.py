@@ -8,13 +8,15 @@ import math
 from dataclasses import dataclass
 
 from geoservice import fences, stats
+from geoservice.customers import Customers
+from geoservice.decisions import IssuedOffer, OfferDesk
 from geoservice.errors import Forbidden, RateLimited
-from geoservice.fences import ConsentUpdate, FencePing
+from geoservice.fences import ConsentUpdate, FenceOutcome, FencePing
 from geoservice.settings import Settings
 from geoservice.stats import ZoneEvent
 from geoservice.store import Store
 from geoservice.tenants import Tenant
-from geoservice.zones import ZoneDirectory
+from geoservice.zones import Zone, ZoneDirectory
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
 MAX_AGE_MS = 24 * 3_600_000
@@ -46,8 +48,8 @@ class Ignored:
 @dataclass(frozen=True, slots=True)
 class PingOutcome:
     events: list[ZoneEvent]
+    offers: list[IssuedOffer]
     ignored: list[Ignored]
-    marketing_consent: bool
 
 
 def fix_time_ms(fix: Fix, received_ms: int) -> int:
@@ -56,9 +58,18 @@ def fix_time_ms(fix: Fix, received_ms: int) -> int:
 
 
 class Pings:
-    def __init__(self, store: Store, directory: ZoneDirectory, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        directory: ZoneDirectory,
+        customers: Customers,
+        desk: OfferDesk,
+        settings: Settings,
+    ) -> None:
         self.store = store
         self.directory = directory
+        self.customers = customers
+        self.desk = desk
         self.settings = settings
 
     async def handle(self, tenant: Tenant, batch: PingBatch, received_ms: int) -> PingOutcome:
@@ -79,30 +90,40 @@ class Pings:
 
         fence_pings: list[FencePing] = []
         dwell_s: dict[str, int] = {}
-        store_ids: dict[str, str | None] = {}
+        zones: dict[str, Zone] = {}
         for ts_ms, index, fix in usable:
             inside, near = self.directory.locate(
                 tenant.tenant_id, fix.lat, fix.lon, limits.exit_margin_m
             )
             for zone in inside:
                 dwell_s[zone.zone_id] = zone.dwell_s
-                store_ids[zone.zone_id] = zone.store_id
+                zones[zone.zone_id] = zone
             fence_pings.append(FencePing(index, ts_ms, [z.zone_id for z in inside], near))
 
         device = fences.device_pseudonym(
             self.settings.pseudonym_key, tenant.tenant_id, batch.device_id
         )
-        outcome = await fences.advance(
-            self.store,
-            device,
-            received_ms,
-            fence_pings,
-            dwell_s,
-            rate_per_s=self.settings.ping_rate_per_s,
-            burst=self.settings.ping_burst,
-            consent=batch.consent,
-            customer_id=batch.customer_id,
-        )
+
+        async def advance(consent: ConsentUpdate | None) -> FenceOutcome:
+            return await fences.advance(
+                self.store,
+                device,
+                received_ms,
+                fence_pings,
+                dwell_s,
+                rate_per_s=self.settings.ping_rate_per_s,
+                burst=self.settings.ping_burst,
+                consent=consent,
+                customer_id=batch.customer_id,
+            )
+
+        outcome = await advance(batch.consent)
+        if outcome.status == "consent" and batch.consent is None and batch.customer_id:
+            # First contact of a device whose customer consented through the back office:
+            # the device takes the customer's consent, then the batch runs again.
+            recorded = await self.customers.consent(tenant.tenant_id, batch.customer_id)
+            if recorded is not None and recorded.location:
+                outcome = await advance(ConsentUpdate(True, recorded.marketing, "customer"))
         if outcome.status == "rate":
             raise RateLimited(
                 "too many ping requests for this device",
@@ -113,18 +134,38 @@ class Pings:
                 "no location consent on record for this device: send "
                 '"consent": {"location": true} once the user agreed'
             )
+        if batch.customer_id is not None:
+            if batch.consent is not None:
+                await self.customers.record_consent(
+                    tenant.tenant_id,
+                    batch.customer_id,
+                    location=batch.consent.location,
+                    marketing=batch.consent.marketing,
+                    source=batch.consent.source,
+                )
+            if outcome.new_customer_link:
+                await self.customers.link_device(tenant.tenant_id, batch.customer_id, device)
         ignored.extend(Ignored(index, "stale") for index in outcome.stale)
         ignored.sort(key=lambda item: item.index)
         events: list[ZoneEvent] = []
         for event in outcome.events:
-            if event.type == "exit":
-                # An exit from a zone deleted or disabled meanwhile is no news: the state was
-                # cleaned by the script, the event is dropped.
-                if not self.directory.is_live(tenant.tenant_id, event.zone_id):
-                    continue
-                store_id = self.directory.store_id(tenant.tenant_id, event.zone_id)
-            else:
-                store_id = store_ids.get(event.zone_id)
-            events.append(ZoneEvent(event.type, event.zone_id, store_id, event.ts_ms))
+            known = zones.get(event.zone_id) or self.directory.zone(
+                tenant.tenant_id, event.zone_id
+            )
+            # An exit from a zone deleted or disabled meanwhile is no news: the script cleaned
+            # the state, the event is dropped.
+            if known is None or not self.directory.is_live(tenant.tenant_id, event.zone_id):
+                continue
+            zones[event.zone_id] = known
+            events.append(ZoneEvent(event.type, event.zone_id, known.store_id, event.ts_ms))
         await stats.record(self.store, tenant.tenant_id, device, events)
-        return PingOutcome(events, ignored, outcome.marketing_consent)
+        offers = await self.desk.decide(
+            tenant,
+            device,
+            batch.customer_id,
+            outcome.marketing_consent,
+            events,
+            zones,
+            received_ms,
+        )
+        return PingOutcome(events, offers, ignored)

@@ -51,3 +51,46 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
                 pipe.pfadd(uniques, device)
                 pipe.expire(uniques, STATS_TTL_S)
         await pipe.execute()
+
+
+async def count(store: Store, tenant_id: str, zone_id: str, at_ms: int, counter: str) -> None:
+    """Add one to an offer counter (offers_issued, redemptions) of a zone's hour."""
+    key = keys.zone_stats(tenant_id, hour_of(at_ms))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, f"{zone_id}:{counter}", 1)
+        pipe.expire(key, STATS_TTL_S)
+        await pipe.execute()
+
+
+ROW_COUNTERS = ("enters", "exits", "dwells", "offers_issued", "redemptions")
+
+
+async def hourly(
+    store: Store, tenant_id: str, from_ms: int, to_ms: int, zone_id: str | None
+) -> list[dict[str, int | str]]:
+    """Rows per zone and hour with any activity in [from_ms, to_ms), oldest hour first."""
+    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for hour in hours:
+            pipe.hgetall(keys.zone_stats(tenant_id, hour))
+        counters_by_hour = await pipe.execute()
+    rows: list[dict[str, int | str]] = []
+    for hour, counters in zip(hours, counters_by_hour, strict=True):
+        by_zone: dict[str, dict[str, int | str]] = {}
+        for name, value in counters.items():
+            zone, _, counter = name.decode().rpartition(":")
+            if zone_id is not None and zone != zone_id:
+                continue
+            row = by_zone.setdefault(
+                zone,
+                {"zone_id": zone, "hour": hour, "unique_devices": 0} | {c: 0 for c in ROW_COUNTERS},
+            )
+            row[counter] = int(value)
+        rows.extend(by_zone[z] for z in sorted(by_zone))
+    if rows:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.pfcount(keys.zone_uniques(tenant_id, int(row["hour"]), str(row["zone_id"])))
+            for row, unique in zip(rows, await pipe.execute(), strict=True):
+                row["unique_devices"] = int(unique)
+    return rows

@@ -21,7 +21,7 @@ from geoservice.settings import Settings
 # every reply as bytes | str; the service treats the client as untyped and decodes at each use.
 RedisClient = Any
 
-SCRIPT_NAMES = ("create_tenant", "fence")
+SCRIPT_NAMES = ("create_tenant", "fence", "issue_offer", "reserve_budget", "redeem")
 
 
 def load_script_source(name: str) -> str:

@@ -8,8 +8,6 @@ directory is a cache rebuilt at start-up and refreshed from the change feed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import secrets
@@ -21,8 +19,8 @@ from typing import Any
 import msgpack
 import shapely
 
-from geoservice import changes, keys
-from geoservice.errors import FieldProblem, NotFound, ValidationFailed
+from geoservice import changes, keys, paging
+from geoservice.errors import FieldProblem, NotFound
 from geoservice.geometry import (
     FieldError,
     GeometryError,
@@ -173,20 +171,6 @@ def problems_of(error: GeometryError, prefix: str = "") -> list[FieldProblem]:
     ]
 
 
-def encode_cursor(zone_id: str) -> str:
-    return base64.urlsafe_b64encode(zone_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed.of(
-            [FieldProblem("cursor", "not a cursor this service handed out")]
-        ) from None
-
-
 DEFAULT_EXIT_MARGIN_M = 30.0
 _M_PER_DEG_LAT = 110_574.0
 _M_PER_DEG_LON_EQUATOR = 111_320.0
@@ -286,10 +270,9 @@ class ZoneDirectory:
         tenant = self.tenants.get(tenant_id)
         return tenant is not None and zone_id in tenant.shapes
 
-    def store_id(self, tenant_id: str, zone_id: str) -> str | None:
+    def zone(self, tenant_id: str, zone_id: str) -> Zone | None:
         tenant = self.tenants.get(tenant_id)
-        zone = tenant.zones.get(zone_id) if tenant else None
-        return zone.store_id if zone else None
+        return tenant.zones.get(zone_id) if tenant else None
 
     def locate(
         self, tenant_id: str, lat: float, lon: float, exit_margin_m: float
@@ -378,21 +361,10 @@ class Zones:
     async def page(
         self, tenant_id: str, cursor: str | None, limit: int
     ) -> tuple[list[Zone], str | None]:
-        start = b"-" if cursor is None else b"(" + decode_cursor(cursor).encode()
-        ids: list[bytes] = await self.store.redis.zrangebylex(
-            keys.zone_ids(tenant_id), start, b"+", start=0, num=limit + 1
+        found, next_cursor = await paging.page(
+            self.store.redis, keys.zone_ids(tenant_id), keys.zones(tenant_id), cursor, limit
         )
-        more = len(ids) > limit
-        ids = ids[:limit]
-        if not ids:
-            return [], None
-        records = await self.store.redis.hmget(keys.zones(tenant_id), ids)
-        zones = [
-            Zone.unpack(zone_id.decode(), raw)
-            for zone_id, raw in zip(ids, records, strict=True)
-            if raw is not None
-        ]
-        return zones, encode_cursor(ids[-1].decode()) if more else None
+        return [Zone.unpack(zone_id, raw) for zone_id, raw in found], next_cursor
 
     async def load_tenant(self, tenant_id: str) -> int:
         """Rebuild one tenant's directory entry from Redis (start-up and resynchronisation)."""

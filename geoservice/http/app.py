@@ -13,11 +13,25 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from geoservice import changes
-from geoservice.http import operations, pings, tenants, zones
+from geoservice.customers import Customers
+from geoservice.decisions import OfferDesk
+from geoservice.http import customers, offers, operations, pings, redemptions, tenants, zones
 from geoservice.http.middleware import IN_FLIGHT, edge
 from geoservice.http.openapi import build_spec
 from geoservice.http.routing import Endpoint, EndpointTable
-from geoservice.http.state import BACKGROUND, OPENAPI, PINGS, READY, SETTINGS, STORE, TENANTS, ZONES
+from geoservice.http.state import (
+    BACKGROUND,
+    CUSTOMERS,
+    OFFERS,
+    OPENAPI,
+    PINGS,
+    READY,
+    SETTINGS,
+    STORE,
+    TENANTS,
+    ZONES,
+)
+from geoservice.offers import OfferCatalog, Offers
 from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
@@ -31,6 +45,9 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     tenants.routes,
     zones.routes,
     pings.routes,
+    offers.routes,
+    customers.routes,
+    redemptions.routes,
 )
 
 
@@ -66,26 +83,33 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
 
 async def domain_context(app: web.Application) -> AsyncIterator[None]:
     app[TENANTS] = Tenants(app[STORE])
+    store, settings = app[STORE], app[SETTINGS]
     directory = ZoneDirectory()
-    app[ZONES] = Zones(app[STORE], directory)
-    app[PINGS] = Pings(app[STORE], directory, app[SETTINGS])
+    catalog = OfferCatalog()
+    app[ZONES] = Zones(store, directory)
+    app[OFFERS] = Offers(store, catalog)
+    app[CUSTOMERS] = Customers(store)
+    desk = OfferDesk(store, catalog, app[CUSTOMERS], settings)
+    app[PINGS] = Pings(store, directory, app[CUSTOMERS], desk, settings)
     yield
 
 
 async def _load_and_follow(app: web.Application) -> None:
     """Initial load of every cache, then follow the change feed; retries while Redis is away."""
-    store, tenants_, zones_ = app[STORE], app[TENANTS], app[ZONES]
+    store, tenants_, zones_, offers_ = app[STORE], app[TENANTS], app[ZONES], app[OFFERS]
 
     async def resync() -> None:
         tenants_.forget_all()
-        loaded = 0
+        zone_count = offer_count = 0
         for tenant_id in await tenants_.list_ids():
-            loaded += await zones_.load_tenant(tenant_id)
-        log.info("loaded %d zones", loaded)
+            zone_count += await zones_.load_tenant(tenant_id)
+            offer_count += await offers_.load_tenant(tenant_id)
+        log.info("loaded %d zones and %d offers", zone_count, offer_count)
 
     async def apply(change: changes.Change) -> None:
         await tenants_.apply_change(change)
         await zones_.apply_change(change)
+        await offers_.apply_change(change)
 
     while True:
         try:

@@ -109,7 +109,7 @@ async def post_pings(request: web.Request) -> web.Response:
                 {"type": e.type, "zone_id": e.zone_id, "store_id": e.store_id, "at": e.at_ms}
                 for e in outcome.events
             ],
-            "offers": [],
+            "offers": [offer.as_dict() for offer in outcome.offers],
             "ignored": [{"index": i.index, "reason": i.reason} for i in outcome.ignored],
         },
     )

@@ -6,6 +6,8 @@ import asyncio
 
 from aiohttp import web
 
+from geoservice.customers import Customers
+from geoservice.offers import Offers
 from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
@@ -17,6 +19,8 @@ STORE = web.AppKey("store", Store)
 TENANTS = web.AppKey("tenants", Tenants)
 ZONES = web.AppKey("zones", Zones)
 PINGS = web.AppKey("pings", Pings)
+OFFERS = web.AppKey("offers", Offers)
+CUSTOMERS = web.AppKey("customers", Customers)
 READY = web.AppKey("ready", asyncio.Event)
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
 OPENAPI = web.AppKey("openapi", bytes)

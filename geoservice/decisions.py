@@ -1,0 +1,205 @@
+"""The offer decision for the events of one ping batch: which offer, if any, each event earns,
+and issuing it under every cap.
+
+Gates: the ping is fresh, the customer or device has marketing consent, the zone's store is open,
+the campaign runs. Ranking: offers.rank. Caps: the per-device daily cap, the per-zone cooldown and
+each offer's max_per_customer are checked and counted in one script under the holder's hash tag;
+an offer's budget is reserved first on its own key and given back if the holder's caps refuse,
+so no cap and no budget is ever exceeded, on any number of instances (a crash between the two
+steps can only leave a budget one short, never over).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ulid import ULID
+
+from geoservice import keys, stats
+from geoservice.customers import CustomerContext, Customers
+from geoservice.offers import Offer, OfferCatalog, is_open, rank
+from geoservice.settings import Settings
+from geoservice.stats import ZoneEvent
+from geoservice.store import Store
+from geoservice.tenants import Tenant
+from geoservice.tokens import TokenClaims, sign
+from geoservice.zones import Zone
+
+MAX_PER_CUSTOMER_WINDOW_MS = 30 * 86_400_000
+# An issued offer stays readable this long after it expired, so a late redemption gets a clear
+# 410 and the export still shows it.
+ISSUED_GRACE_S = 7 * 86_400
+CAPS_TTL_S = 31 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedOffer:
+    id: str
+    offer: Offer
+    zone: Zone
+    issued_at_ms: int
+    expires_at_ms: int
+    token: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "offer_id": self.offer.offer_id,
+            "title": self.offer.title,
+            "body": self.offer.body,
+            "product_ids": list(self.offer.product_ids),
+            "zone_id": self.zone.zone_id,
+            "store_id": self.zone.store_id,
+            "issued_at": self.issued_at_ms,
+            "expires_at": self.expires_at_ms,
+            "token": self.token,
+        }
+
+
+def local_day(tenant: Tenant, at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, ZoneInfo(tenant.timezone)).strftime("%Y-%m-%d")
+
+
+class OfferDesk:
+    def __init__(
+        self, store: Store, catalog: OfferCatalog, customers: Customers, settings: Settings
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.customers = customers
+        self.settings = settings
+
+    async def decide(
+        self,
+        tenant: Tenant,
+        device: str,
+        customer_id: str | None,
+        device_marketing: bool,
+        events: list[ZoneEvent],
+        zones: dict[str, Zone],
+        now_ms: int,
+    ) -> list[IssuedOffer]:
+        limits = tenant.settings
+        freshness_ms = limits.offer_min_freshness_s * 1000
+        eligible: list[tuple[Zone, list[Offer]]] = []
+        for event in events:
+            zone = zones.get(event.zone_id)
+            if zone is None or now_ms - event.at_ms > freshness_ms:
+                continue  # a replayed offline buffer yields events, not offers
+            candidates = self.catalog.candidates(tenant.tenant_id, zone.zone_id, event.type, now_ms)
+            if candidates and is_open(zone, event.at_ms):
+                eligible.append((zone, candidates))
+        if not eligible:
+            return []  # the common case costs no further round trip
+
+        context = (
+            await self.customers.context(tenant.tenant_id, customer_id, limits.interest_lookback_s)
+            if customer_id is not None
+            else CustomerContext()
+        )
+        customer_marketing = context.consent is not None and context.consent.marketing is True
+        if not (device_marketing or customer_marketing):
+            return []
+        holder = (
+            keys.customer_tag(tenant.tenant_id, customer_id)
+            if customer_id is not None
+            else keys.device_tag(device)
+        )
+        issued: list[IssuedOffer] = []
+        for zone, candidates in eligible:
+            ranked = rank(
+                [o for o in candidates if o.audience is None or customer_id is not None],
+                context.interests,
+                now_ms,
+                limits.interest_half_life_s,
+            )
+            outcome = None
+            for offer in ranked:
+                outcome = await self._try_issue(tenant, device, holder, offer, zone, now_ms)
+                if isinstance(outcome, IssuedOffer):
+                    issued.append(outcome)
+                    break
+                if outcome in ("day", "cooldown"):
+                    break  # caps of the device or zone: no other offer can pass either
+            if outcome == "day":
+                break
+        if issued:
+            await self._record(tenant, device, customer_id, issued)
+        return issued
+
+    async def _try_issue(
+        self, tenant: Tenant, device: str, holder: str, offer: Offer, zone: Zone, now_ms: int
+    ) -> IssuedOffer | str:
+        budget_key = keys.offer_budget(tenant.tenant_id, offer.offer_id)
+        if offer.budget is not None:
+            reserved = await self.store.run_script("reserve_budget", [budget_key], [offer.budget])
+            if not reserved:
+                return "budget"
+        issued_id = str(ULID())
+        expires_at_ms = now_ms + offer.valid_for_s * 1000
+        limits = tenant.settings
+        verdict = await self.store.run_script(
+            "issue_offer",
+            [keys.caps(holder, device), keys.offer_counts(holder), keys.issued_ids(holder)],
+            [
+                now_ms,
+                local_day(tenant, now_ms),
+                limits.max_offers_per_day,
+                zone.zone_id,
+                limits.zone_cooldown_s * 1000,
+                offer.offer_id,
+                offer.max_per_customer,
+                MAX_PER_CUSTOMER_WINDOW_MS,
+                issued_id,
+                expires_at_ms,
+                CAPS_TTL_S,
+            ],
+        )
+        verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if verdict != "ok":
+            if offer.budget is not None:
+                await self.store.redis.decr(budget_key)
+            return verdict
+        token = sign(
+            self.settings.active_signing_key,
+            TokenClaims(
+                self.settings.active_signing_key.kid,
+                tenant.tenant_id,
+                issued_id,
+                self.settings.instance_id,
+                expires_at_ms,
+            ),
+        )
+        return IssuedOffer(issued_id, offer, zone, now_ms, expires_at_ms, token)
+
+    async def _record(
+        self, tenant: Tenant, device: str, customer_id: str | None, issued: list[IssuedOffer]
+    ) -> None:
+        for offer in issued:
+            key = keys.issued_offer(offer.id)
+            ttl_s = (offer.expires_at_ms - offer.issued_at_ms) // 1000 + ISSUED_GRACE_S
+            record = {
+                "tenant": tenant.tenant_id,
+                "offer_id": offer.offer.offer_id,
+                "title": offer.offer.title,
+                "zone_id": offer.zone.zone_id,
+                "store_id": offer.zone.store_id or "",
+                "customer_id": customer_id or "",
+                "device": device,
+                "issued_at": offer.issued_at_ms,
+                "expires_at": offer.expires_at_ms,
+            }
+            async with self.store.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=record)
+                pipe.expire(key, ttl_s)
+                await pipe.execute()
+            await stats.count(
+                self.store,
+                tenant.tenant_id,
+                offer.zone.zone_id,
+                offer.issued_at_ms,
+                "offers_issued",
+            )
