@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
 
+from geoservice.customers import Customers, Interest
 from geoservice.errors import ValidationFailed
+from geoservice.http.zones import check_import
+from geoservice.offers import Offer, OfferCatalog, Offers
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
@@ -25,7 +29,7 @@ class ImportFileError(ValueError):
 
 async def import_zone_file(store: Store, tenant_id: str, path: Path) -> tuple[int, int]:
     """Validate every Feature of a GeoJSON file, then write them all at once (all or nothing)."""
-    from geoservice.http.zones import MAX_IMPORT_FEATURES, check_import
+    from geoservice.http.zones import MAX_IMPORT_FEATURES
 
     await Tenants(store).get(tenant_id)  # NotFound for an unknown tenant
     try:
@@ -51,6 +55,61 @@ async def import_zone_file(store: Store, tenant_id: str, path: Path) -> tuple[in
     return created, updated
 
 
+# Open around the clock, so the README's walk gets an offer at any hour.
+DEMO_KIOSK = {
+    "type": "Feature",
+    "id": "zrh-hb-kiosk",
+    "geometry": {"type": "Point", "coordinates": [8.5403, 47.3779]},
+    "properties": {"name": "Sapori Kiosk Hauptbahnhof", "store_id": "CH-ZRH-K01", "radius_m": 60},
+}
+DEMO_OFFERS = [
+    Offer(
+        "truffle-slicer-10",
+        title="10 % on the truffle slicer",
+        body="In this store, for the next two hours.",
+        product_ids=("p-881",),
+        categories=("kitchen",),
+        valid_for_s=7200,
+    ),
+    Offer(
+        "espresso-cups-2for1",
+        title="Two espresso cups for one",
+        product_ids=("p-120",),
+        categories=("coffee",),
+    ),
+    Offer(
+        "welcome-espresso",
+        title="A free espresso with any purchase",
+        fallback=True,
+        max_per_customer=3,
+    ),
+]
+DEMO_CUSTOMER = "c-1001"
+HOUR_MS = 3_600_000
+
+
+async def _seed_offers_and_customer(store: Store) -> None:
+    offers = Offers(store, OfferCatalog())
+    for offer in DEMO_OFFERS:
+        await offers.put(DEMO_TENANT, offer)
+    customers = Customers(store)
+    now_ms = int(time.time() * 1000)
+    await customers.add_interests(
+        DEMO_TENANT,
+        [
+            (
+                DEMO_CUSTOMER,
+                Interest("newsletter_click", "p-881", ("kitchen",), now_ms - 48 * HOUR_MS),
+            ),
+            (DEMO_CUSTOMER, Interest("view", "p-120", ("coffee",), now_ms - HOUR_MS)),
+        ],
+        lookback_s=2_419_200,
+    )
+    await customers.record_consent(
+        DEMO_TENANT, DEMO_CUSTOMER, location=True, marketing=True, source="demo"
+    )
+
+
 async def seed_demo(settings: Settings) -> list[str]:
     """Create the demo tenant and its zones (idempotent); returns lines to show the user."""
     store = Store.open(settings)
@@ -70,6 +129,13 @@ async def seed_demo(settings: Settings) -> list[str]:
             lines.append(f"geoservice:   {created + updated} zones from {EXAMPLE_ZONES.name}")
         else:
             lines.append("geoservice:   no example zones next to this install")
+        kiosk = check_import([DEMO_KIOSK])
+        await Zones(store, ZoneDirectory()).put_many(DEMO_TENANT, kiosk)
+        await _seed_offers_and_customer(store)
+        lines.append(
+            f"geoservice:   {len(DEMO_OFFERS)} offers; customer {DEMO_CUSTOMER!r} "
+            "with a newsletter click on p-881 and consent"
+        )
     finally:
         await store.close()
     lines += [
