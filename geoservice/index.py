@@ -82,6 +82,13 @@ class Cover:
 # (max ratio 0.99999); the 1e-6 slack absorbs rounding.
 _RES0_U_GNOMONIC = 0.38196601125010500003
 _RHO_RAD = [_RES0_U_GNOMONIC / math.sqrt(3) / math.sqrt(7) ** r * (1 + 1e-6) for r in range(16)]
+# H3 is not geometrically nested: a point's cell at a fine resolution can have, as its
+# ancestor at a coarser one, a neighbour of the coarse cell the point lies in. Lookups go
+# through ancestors, so each cell is classified by the region of all its descendants, which
+# reaches at most 1.04 rho from the centre (measured over 7^4..7^5 descendants, random cells
+# and pentagons, res 0-11) plus 0.02 rho for deeper levels; 1.15 leaves slack.
+_DESC_FACTOR = 1.15
+_REACH_RAD = [_DESC_FACTOR * r for r in _RHO_RAD]
 # Cells j grid steps apart have centres >= 0.95 * j * rho apart (measured at res 2-14, also
 # around pentagons); 0.85 leaves slack, so a disk of k = ceil(reach / (0.85 rho)) holds every
 # cell whose centre is within `reach`.
@@ -126,7 +133,7 @@ def _disk_size(k: int) -> int:
 
 
 def _k_for(reach_rad: float, res: int) -> int:
-    return max(1, math.ceil((reach_rad + _RHO_RAD[res]) / (_STEP_FRACTION * _RHO_RAD[res])))
+    return max(1, math.ceil((reach_rad + _REACH_RAD[res]) / (_STEP_FRACTION * _RHO_RAD[res])))
 
 
 def _unit(lat_deg: F64, lon_deg: F64) -> tuple[F64, F64, F64]:
@@ -179,9 +186,9 @@ def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
     target = reach / _CIRCLE_RHO_RATIO
     res = np.ceil(2 * np.log(rho0 / target) / math.log(7) - 1e-12)
     res = np.clip(res, 0, 15).astype(np.int64)
-    rho_tab = np.array(_RHO_RAD)
-    rho = rho_tab[res]
-    ks = np.maximum(1, np.ceil((reach + rho) / (_STEP_FRACTION * rho))).astype(np.int64)
+    rho = np.array(_RHO_RAD)[res]
+    ext = np.array(_REACH_RAD)[res]
+    ks = np.maximum(1, np.ceil((reach + ext) / (_STEP_FRACTION * rho))).astype(np.int64)
 
     l2c = h3i.latlng_to_cell
     disk = h3m.grid_disk
@@ -201,7 +208,7 @@ def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
     ux, uy, uz = _unit(ulat, ulon)
     cx, cy, cz = _unit(lat, lon)
     d = _angle_between(ux[inv], uy[inv], uz[inv], cx[owner], cy[owner], cz[owner])
-    rho_o = rho[owner]
+    rho_o = ext[owner]
     reach_o = reach[owner]
     keep = d - rho_o <= reach_o + _EPS_RAD
     interior = d + rho_o < reach_o - _EPS_RAD
@@ -281,6 +288,16 @@ def _poly_plan(shape: shapely.Polygon | shapely.MultiPolygon) -> tuple[int, list
             plan.append((seed, -1))
         else:
             plan.append((seed, _k_for(reach, res)))
+    if len(plan) > 1 and all(k >= 0 for _, k in plan):
+        # many parts close together: one disk around the middle may be smaller than the sum
+        minx, miny, maxx, maxy = shape.bounds
+        seed = h3i.latlng_to_cell((miny + maxy) / 2, (minx + maxx) / 2, res)
+        slat, slon = h3i.cell_to_latlng(seed)
+        reach = max(_part_reach(p, slat, slon, res) for p in _parts(shape))
+        if reach <= math.pi / 2:
+            k = _k_for(reach, res)
+            if _disk_size(k) < sum(_disk_size(kk) for _, kk in plan):
+                plan = [(seed, k)]
     return res, plan
 
 
@@ -291,10 +308,11 @@ def _plan_count(res: int, plan: Sequence[tuple[int, int]]) -> int:
 
 
 def _cell_boxes(clat: F64, clon: F64, res: int) -> tuple[F64, F64, F64, F64, Bool]:
-    """Lon/lat boxes that certainly contain each cell: the cell lies in the spherical cap of
-    radius rho around its centre, and the cap lies in this box. Returns xmin, ymin, xmax, ymax
-    and whether the box reaches a pole (then it spans all longitudes)."""
-    rho = _RHO_RAD[res] + _EPS_RAD
+    """Lon/lat boxes that certainly contain each cell and its descendants: they lie in the
+    spherical cap of radius _REACH_RAD around the centre, and the cap lies in this box.
+    Returns xmin, ymin, xmax, ymax and whether the box reaches a pole (then it spans all
+    longitudes)."""
+    rho = _REACH_RAD[res] + _EPS_RAD
     rho_deg = math.degrees(rho)
     ymin = clat - rho_deg - _EPS_DEG
     ymax = clat + rho_deg + _EPS_DEG
@@ -406,6 +424,12 @@ class _Level:
         self.pset = _PSET[res]
 
 
+def _excl_cumsum(counts: I64) -> I64:
+    out = np.zeros(len(counts), np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
 def _hash_np(cells: I64, shift: int) -> npt.NDArray[np.intp]:
     h = cells.view(np.uint64) * np.uint64(_HASH_MULT)
     return (h >> np.uint64(shift)).astype(np.intp)
@@ -481,12 +505,12 @@ class _Tables:
         mstarts = starts[multi_sel]
         mcounts = counts[multi_sel]
         # multi layout: [count, codes...] per multi cell
-        moff = np.r_[0, np.cumsum(mcounts + 1)[:-1]].astype(np.int64)
+        moff = _excl_cumsum(mcounts + 1)
         multi = np.zeros(int((mcounts + 1).sum()) + 1, np.int64)
         multi[moff] = mcounts
         if len(mstarts):
             rep = np.repeat(np.arange(len(mstarts)), mcounts)
-            within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(mcounts)[:-1]], mcounts)
+            within = np.arange(len(rep)) - np.repeat(_excl_cumsum(mcounts), mcounts)
             multi[moff[rep] + 1 + within] = codes[mstarts[rep] + within]
         vals[multi_sel] = -(moff + 1)
         res = (ucells >> _RES_SHIFT) & 15
@@ -513,7 +537,7 @@ class _Tables:
             off = -v[~single] - 1
             cnt = self.multi[off]
             rep = np.repeat(np.arange(len(off)), cnt)
-            within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt)
+            within = np.arange(len(rep)) - np.repeat(_excl_cumsum(cnt), cnt)
             cs.append(mk[rep])
             vs.append(self.multi[off[rep] + 1 + within])
         if not cs:
@@ -531,7 +555,7 @@ def _expand(
     off = -vals[~single] - 1
     cnt = tables.multi[off]
     rep = np.repeat(np.arange(len(off)), cnt)
-    within = np.arange(len(rep)) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt)
+    within = np.arange(len(rep)) - np.repeat(_excl_cumsum(cnt), cnt)
     mi = idx[~single][rep]
     mv = tables.multi[off[rep] + 1 + within]
     return np.concatenate([idx[single], mi]), np.concatenate([vals[single], mv])
