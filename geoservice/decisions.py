@@ -22,7 +22,7 @@ from geoservice import keys, stats
 from geoservice.customers import CustomerContext, Customers
 from geoservice.offers import Offer, OfferCatalog, is_open, rank
 from geoservice.settings import Settings
-from geoservice.stats import ZoneEvent
+from geoservice.stats import OfferEvent, ZoneEvent
 from geoservice.store import Store
 from geoservice.tenants import Tenant
 from geoservice.tokens import TokenClaims, sign
@@ -196,10 +196,16 @@ class OfferDesk:
                 pipe.hset(key, mapping=record)
                 pipe.expire(key, ttl_s)
                 await pipe.execute()
-            await stats.count(
+            await stats.record_offer(
                 self.store,
                 tenant.tenant_id,
-                offer.zone.zone_id,
-                offer.issued_at_ms,
-                "offers_issued",
+                device,
+                OfferEvent(
+                    "offer_issued",
+                    offer.offer.offer_id,
+                    offer.id,
+                    offer.zone.zone_id,
+                    offer.zone.store_id,
+                    offer.issued_at_ms,
+                ),
             )

@@ -68,5 +68,12 @@ async def redeem(
                 }
             },
         )
-    await stats.count(store, tenant_id, view["zone_id"], now_ms, "redemptions")
+    await stats.record_offer(
+        store,
+        tenant_id,
+        _text(record, "device"),
+        stats.OfferEvent(
+            "offer_redeemed", view["offer_id"], claims.issued_id, view["zone_id"], store_id, now_ms
+        ),
+    )
     return view

@@ -53,11 +53,35 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
         await pipe.execute()
 
 
-async def count(store: Store, tenant_id: str, zone_id: str, at_ms: int, counter: str) -> None:
-    """Add one to an offer counter (offers_issued, redemptions) of a zone's hour."""
-    key = keys.zone_stats(tenant_id, hour_of(at_ms))
+OFFER_COUNTERS = {"offer_issued": "offers_issued", "offer_redeemed": "redemptions"}
+
+
+@dataclass(frozen=True, slots=True)
+class OfferEvent:
+    type: str  # offer_issued | offer_redeemed
+    offer_id: str
+    issued_id: str
+    zone_id: str
+    store_id: str | None
+    at_ms: int
+
+
+async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEvent) -> None:
+    """The event on the tenant's stream and one more on the zone's hourly counter."""
+    key = keys.zone_stats(tenant_id, hour_of(event.at_ms))
+    fields = {
+        "type": event.type,
+        "zone": event.zone_id,
+        "device": device,
+        "at": event.at_ms,
+        "offer": event.offer_id,
+        "issued": event.issued_id,
+    }
+    if event.store_id is not None:
+        fields["store"] = event.store_id
     async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, f"{zone_id}:{counter}", 1)
+        pipe.xadd(keys.events(tenant_id), fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+        pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
         pipe.expire(key, STATS_TTL_S)
         await pipe.execute()
 
