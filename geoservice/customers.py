@@ -53,12 +53,39 @@ class Consent:
 
 
 @dataclass(frozen=True, slots=True)
+class Profile:
+    """What the CRM knows: segments and life events (a birthday as month-day only)."""
+
+    segments: tuple[str, ...] = ()
+    birthday: str | None = None  # "MM-DD"
+    first_purchase_at_ms: int | None = None
+    last_purchase_at_ms: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "segments": list(self.segments),
+            "birthday": self.birthday,
+            "first_purchase_at": self.first_purchase_at_ms,
+            "last_purchase_at": self.last_purchase_at_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        return cls(
+            tuple(data.get("segments") or ()),
+            data.get("birthday"),
+            data.get("first_purchase_at"),
+            data.get("last_purchase_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerContext:
     """What the offer decision knows of a customer, read in one round trip."""
 
     interests: list[Interest] = field(default_factory=list)
     consent: Consent | None = None
-    profile: dict[str, Any] | None = None
+    profile: Profile | None = None
 
 
 def _consent_from(raw: dict[bytes, bytes]) -> Consent | None:
@@ -142,12 +169,25 @@ class Customers:
             pipe.hgetall(keys.customer_consent(tenant_id, customer_id))
             pipe.hgetall(keys.customer_profile(tenant_id, customer_id))
             raw_interests, raw_consent, raw_profile = await pipe.execute()
-        profile = msgpack.unpackb(raw_profile[b"p"], raw=False) if raw_profile else None
+        profile = (
+            Profile.from_dict(msgpack.unpackb(raw_profile[b"p"], raw=False))
+            if raw_profile
+            else None
+        )
         return CustomerContext(
             interests=[Interest.unpack(raw) for raw in raw_interests],
             consent=_consent_from(raw_consent),
             profile=profile,
         )
+
+    async def put_profiles(self, tenant_id: str, profiles: Sequence[tuple[str, Profile]]) -> None:
+        """Replace the profiles of these customers (one pipelined round trip)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for customer_id, profile in profiles:
+                key = keys.customer_profile(tenant_id, customer_id)
+                pipe.hset(key, "p", msgpack.packb(profile.as_dict(), use_bin_type=True))
+                pipe.expire(key, RECORD_TTL_S)
+            await pipe.execute()
 
     async def link_device(self, tenant_id: str, customer_id: str, device: str) -> None:
         key = keys.customer_devices(tenant_id, customer_id)

@@ -20,7 +20,7 @@ from ulid import ULID
 
 from geoservice import keys, stats
 from geoservice.customers import CustomerContext, Customers
-from geoservice.offers import Offer, OfferCatalog, is_open, rank
+from geoservice.offers import Offer, OfferCatalog, audience_admits, is_open, rank
 from geoservice.settings import Settings
 from geoservice.stats import OfferEvent, ZoneEvent
 from geoservice.store import Store
@@ -111,7 +111,12 @@ class OfferDesk:
         issued: list[IssuedOffer] = []
         for zone, candidates in eligible:
             ranked = rank(
-                [o for o in candidates if o.audience is None or customer_id is not None],
+                [
+                    o
+                    for o in candidates
+                    if o.audience is None
+                    or audience_admits(o.audience, context.profile, zone.timezone, now_ms)
+                ],
                 context.interests,
                 now_ms,
                 limits.interest_half_life_s,
@@ -127,7 +132,8 @@ class OfferDesk:
             if outcome == "day":
                 break
         if issued:
-            await self._record(tenant, device, customer_id, issued)
+            segments = context.profile.segments if context.profile else ()
+            await self._record(tenant, device, customer_id, segments, issued)
         return issued
 
     async def _try_issue(
@@ -176,7 +182,12 @@ class OfferDesk:
         return IssuedOffer(issued_id, offer, zone, now_ms, expires_at_ms, token)
 
     async def _record(
-        self, tenant: Tenant, device: str, customer_id: str | None, issued: list[IssuedOffer]
+        self,
+        tenant: Tenant,
+        device: str,
+        customer_id: str | None,
+        segments: tuple[str, ...],
+        issued: list[IssuedOffer],
     ) -> None:
         for offer in issued:
             key = keys.issued_offer(offer.id)
@@ -191,6 +202,7 @@ class OfferDesk:
                 "device": device,
                 "issued_at": offer.issued_at_ms,
                 "expires_at": offer.expires_at_ms,
+                "segments": ",".join(segments),
             }
             async with self.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=record)
@@ -207,5 +219,6 @@ class OfferDesk:
                     offer.zone.zone_id,
                     offer.zone.store_id,
                     offer.issued_at_ms,
+                    segments,
                 ),
             )

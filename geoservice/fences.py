@@ -53,6 +53,16 @@ class FenceEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Flow:
+    """The device left one zone and entered another within the hour."""
+
+    from_zone: str
+    to_zone: str
+    seconds_between: float
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class FenceOutcome:
     status: str  # ok | rate | consent
     events: list[FenceEvent] = field(default_factory=list)
@@ -60,6 +70,7 @@ class FenceOutcome:
     marketing_consent: bool = False
     new_customer_link: bool = False
     retry_after_ms: int = 0
+    flows: list[Flow] = field(default_factory=list)
 
 
 async def advance(
@@ -102,11 +113,12 @@ async def advance(
         return FenceOutcome("rate", retry_after_ms=int(reply[1]))
     if reply[0] == "consent":
         return FenceOutcome("consent")
-    _, events, stale, marketing, new_customer = reply
+    _, events, stale, marketing, new_customer, flows = reply
     return FenceOutcome(
         "ok",
         events=[FenceEvent(e[0], e[1], int(e[2]), int(e[3])) for e in events or []],
         stale=[int(i) for i in stale or []],
         marketing_consent=bool(marketing),
         new_customer_link=bool(new_customer),
+        flows=[Flow(f[0], f[1], float(f[2]), int(f[3])) for f in flows or []],
     )

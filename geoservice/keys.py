@@ -120,3 +120,23 @@ def issued_ids(holder_tag: str) -> str:
 def issued_offer(offer_instance_id: str) -> str:
     """One issued offer and, once redeemed, its redemption; TTL validity + grace."""
     return f"{PREFIX}issued:{{i:{offer_instance_id}}}"
+
+
+def flow_counts(tenant_id: str, hour_ms: int) -> str:
+    """Zone-to-zone transitions of one hour: fields '<from>><to>' (aggregates only)."""
+    return f"{PREFIX}flows:{{t:{tenant_id}}}:{hour_ms}"
+
+
+def flow_seconds(tenant_id: str, hour_ms: int) -> str:
+    """Histogram of the seconds between exit and enter: fields '<from>><to>|<whole seconds>'."""
+    return f"{PREFIX}flow-s:{{t:{tenant_id}}}:{hour_ms}"
+
+
+def flow_devices(tenant_id: str, hour_ms: int, pair: str) -> str:
+    """HyperLogLog of the devices making one transition in one hour."""
+    return f"{PREFIX}flow-dev:{{t:{tenant_id}}}:{hour_ms}:{pair}"
+
+
+def segment_stats(tenant_id: str, hour_ms: int) -> str:
+    """Offers issued and redeemed per zone and CRM segment: fields '<zone>|<segment>|<counter>'."""
+    return f"{PREFIX}seg-stats:{{t:{tenant_id}}}:{hour_ms}"

@@ -4,17 +4,18 @@ campaign window) and the ranking by the customer's decayed interests."""
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgpack
 
 from geoservice import changes, keys, paging
-from geoservice.customers import Interest
+from geoservice.customers import Interest, Profile
 from geoservice.errors import NotFound
 from geoservice.store import Store
 from geoservice.zones import Zone
@@ -22,6 +23,7 @@ from geoservice.zones import Zone
 KIND_WEIGHT = {"view": 1.0, "newsletter_click": 2.0, "cart": 3.0}
 PRODUCT_MATCH = 1.0
 CATEGORY_MATCH = 0.5
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,51 @@ def is_open(zone: Zone, at_ms: int) -> bool:
     day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[local.weekday()]
     clock = f"{local.hour:02d}:{local.minute:02d}"
     return any(opens <= clock < closes for opens, closes in zone.opening_hours.get(day, []))
+
+
+def days_to_birthday(birthday: str, today: date) -> int:
+    """Days from today to the next birthday (0 on the day). 29 February is celebrated on
+    28 February in years without one."""
+    month, day = int(birthday[:2]), int(birthday[3:])
+
+    def occurrence(year: int) -> date:
+        if month == 2 and day == 29 and not calendar.isleap(year):
+            return date(year, 2, 28)
+        return date(year, month, day)
+
+    upcoming = occurrence(today.year)
+    if upcoming < today:
+        upcoming = occurrence(today.year + 1)
+    return (upcoming - today).days
+
+
+def audience_admits(
+    audience: dict[str, Any], profile: Profile | None, timezone: str, now_ms: int
+) -> bool:
+    """Every condition given must hold; no profile matches no audience."""
+    if profile is None:
+        return False
+    segments = audience.get("segments")
+    if segments and not set(segments).intersection(profile.segments):
+        return False
+    within = audience.get("birthday_within_days")
+    if within is not None:
+        if profile.birthday is None:
+            return False
+        today = datetime.fromtimestamp(now_ms / 1000, ZoneInfo(timezone)).date()
+        if days_to_birthday(profile.birthday, today) > within:
+            return False
+    lapsed = audience.get("lapsed_days")
+    if lapsed is not None:
+        last = profile.last_purchase_at_ms
+        if last is None or now_ms - last < lapsed * DAY_MS:
+            return False
+    new_within = audience.get("new_within_days")
+    if new_within is not None:
+        first = profile.first_purchase_at_ms
+        if first is None or now_ms - first > new_within * DAY_MS:
+            return False
+    return True
 
 
 def score(offer: Offer, interests: Sequence[Interest], now_ms: int, half_life_s: int) -> float:

@@ -149,9 +149,7 @@ class Pings:
         ignored.sort(key=lambda item: item.index)
         events: list[ZoneEvent] = []
         for event in outcome.events:
-            known = zones.get(event.zone_id) or self.directory.zone(
-                tenant.tenant_id, event.zone_id
-            )
+            known = zones.get(event.zone_id) or self.directory.zone(tenant.tenant_id, event.zone_id)
             # An exit from a zone deleted or disabled meanwhile is no news: the script cleaned
             # the state, the event is dropped.
             if known is None or not self.directory.is_live(tenant.tenant_id, event.zone_id):
@@ -159,6 +157,17 @@ class Pings:
             zones[event.zone_id] = known
             events.append(ZoneEvent(event.type, event.zone_id, known.store_id, event.ts_ms))
         await stats.record(self.store, tenant.tenant_id, device, events)
+        await stats.record_flows(
+            self.store,
+            tenant.tenant_id,
+            device,
+            [
+                (f.from_zone, f.to_zone, f.seconds_between, f.at_ms)
+                for f in outcome.flows
+                if self.directory.is_live(tenant.tenant_id, f.from_zone)
+                and self.directory.is_live(tenant.tenant_id, f.to_zone)
+            ],
+        )
         offers = await self.desk.decide(
             tenant,
             device,

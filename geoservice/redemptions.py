@@ -73,7 +73,13 @@ async def redeem(
         tenant_id,
         _text(record, "device"),
         stats.OfferEvent(
-            "offer_redeemed", view["offer_id"], claims.issued_id, view["zone_id"], store_id, now_ms
+            "offer_redeemed",
+            view["offer_id"],
+            claims.issued_id,
+            view["zone_id"],
+            store_id,
+            now_ms,
+            tuple(s for s in _text(record, "segments").split(",") if s),
         ),
     )
     return view

@@ -64,6 +64,10 @@ class OfferEvent:
     zone_id: str
     store_id: str | None
     at_ms: int
+    segments: tuple[str, ...] = ()
+
+
+NO_SEGMENT = "(none)"
 
 
 async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEvent) -> None:
@@ -83,6 +87,10 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
         pipe.xadd(keys.events(tenant_id), fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
         pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
         pipe.expire(key, STATS_TTL_S)
+        by_segment = keys.segment_stats(tenant_id, hour_of(event.at_ms))
+        for segment in event.segments or (NO_SEGMENT,):
+            pipe.hincrby(by_segment, f"{event.zone_id}|{segment}|{OFFER_COUNTERS[event.type]}", 1)
+        pipe.expire(by_segment, STATS_TTL_S)
         await pipe.execute()
 
 
@@ -117,4 +125,108 @@ async def hourly(
                 pipe.pfcount(keys.zone_uniques(tenant_id, int(row["hour"]), str(row["zone_id"])))
             for row, unique in zip(rows, await pipe.execute(), strict=True):
                 row["unique_devices"] = int(unique)
+    return rows
+
+
+FLOW_MIN_DEVICES = 5
+
+
+async def record_flows(
+    store: Store, tenant_id: str, device: str, flows: Sequence[tuple[str, str, float, int]]
+) -> None:
+    """(from_zone, to_zone, seconds_between, at_ms) transitions, as hourly aggregates."""
+    if not flows:
+        return
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for from_zone, to_zone, seconds, at_ms in flows:
+            hour = hour_of(at_ms)
+            pair = f"{from_zone}>{to_zone}"
+            for key in (keys.flow_counts(tenant_id, hour), keys.flow_seconds(tenant_id, hour)):
+                pipe.expire(key, STATS_TTL_S)
+            pipe.hincrby(keys.flow_counts(tenant_id, hour), pair, 1)
+            pipe.hincrby(keys.flow_seconds(tenant_id, hour), f"{pair}|{int(seconds)}", 1)
+            devices = keys.flow_devices(tenant_id, hour, pair)
+            pipe.pfadd(devices, device)
+            pipe.expire(devices, STATS_TTL_S)
+        await pipe.execute()
+
+
+def _median(histogram: dict[int, int]) -> float:
+    total = sum(histogram.values())
+    seen = 0
+    ordered = sorted(histogram.items())
+    for position, (seconds, count) in enumerate(ordered):
+        seen += count
+        if seen * 2 > total:
+            return float(seconds)
+        if seen * 2 == total:  # an even count splits between two values
+            return (seconds + ordered[position + 1][0]) / 2
+    return 0.0
+
+
+async def flows(store: Store, tenant_id: str, from_ms: int, to_ms: int) -> list[dict[str, object]]:
+    """Pairs of zones with the devices that went from one to the other within an hour, and the
+    median seconds between; pairs of fewer than FLOW_MIN_DEVICES devices are left out."""
+    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for hour in hours:
+            pipe.hkeys(keys.flow_counts(tenant_id, hour))
+            pipe.hgetall(keys.flow_seconds(tenant_id, hour))
+        replies = await pipe.execute()
+    hours_of_pair: dict[str, list[int]] = {}
+    seconds_of_pair: dict[str, dict[int, int]] = {}
+    for hour, pairs, seconds in zip(hours, replies[::2], replies[1::2], strict=True):
+        for pair in pairs:
+            hours_of_pair.setdefault(pair.decode(), []).append(hour)
+        for field, count in seconds.items():
+            pair, _, value = field.decode().rpartition("|")
+            histogram = seconds_of_pair.setdefault(pair, {})
+            histogram[int(value)] = histogram.get(int(value), 0) + int(count)
+    rows: list[dict[str, object]] = []
+    for pair in sorted(hours_of_pair):
+        # One PFCOUNT over the pair's hours counts each device once (all keys on one slot).
+        device_keys = [keys.flow_devices(tenant_id, h, pair) for h in hours_of_pair[pair]]
+        devices = int(await store.redis.pfcount(*device_keys))
+        if devices < FLOW_MIN_DEVICES:
+            continue
+        from_zone, _, to_zone = pair.partition(">")
+        rows.append(
+            {
+                "from_zone": from_zone,
+                "to_zone": to_zone,
+                "devices": devices,
+                "median_s": _median(seconds_of_pair.get(pair, {})),
+            }
+        )
+    return rows
+
+
+async def hourly_by_segment(
+    store: Store, tenant_id: str, from_ms: int, to_ms: int, zone_id: str | None
+) -> list[dict[str, int | str]]:
+    """Offers issued and redeemed per zone, CRM segment (at issue time) and hour."""
+    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for hour in hours:
+            pipe.hgetall(keys.segment_stats(tenant_id, hour))
+        by_hour = await pipe.execute()
+    rows: list[dict[str, int | str]] = []
+    for hour, counters in zip(hours, by_hour, strict=True):
+        found: dict[tuple[str, str], dict[str, int | str]] = {}
+        for name, value in counters.items():
+            zone, segment, counter = name.decode().split("|")
+            if zone_id is not None and zone != zone_id:
+                continue
+            row = found.setdefault(
+                (zone, segment),
+                {
+                    "zone_id": zone,
+                    "segment": segment,
+                    "hour": hour,
+                    "offers_issued": 0,
+                    "redemptions": 0,
+                },
+            )
+            row[counter] = int(value)
+        rows.extend(found[k] for k in sorted(found))
     return rows

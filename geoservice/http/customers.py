@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from geoservice import customers
-from geoservice.customers import Interest
+from geoservice.customers import Interest, Profile
 from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.http.codec import read_model, respond
 from geoservice.http.routing import Auth, EndpointTable, caller
@@ -63,6 +64,68 @@ class CustomerExport(Out):
     devices: list[dict[str, Any]]
     issued_offers: list[dict[str, Any]]
     redemptions: list[dict[str, Any]]
+
+
+Segment = Annotated[str, Field(pattern=ID_PATTERN)]
+MAX_IMPORT_PROFILES = 10_000
+
+
+class ProfileBody(Wire):
+    segments: Annotated[list[Segment], Field(max_length=50)] = []
+    birthday: Annotated[str, Field(pattern=r"^\d{2}-\d{2}$")] | None = Field(
+        default=None, description="MM-DD: only month and day are kept; 02-29 is fine"
+    )
+    first_purchase_at: EpochMs | None = None
+    last_purchase_at: EpochMs | None = None
+
+    @field_validator("birthday")
+    @classmethod
+    def _real_day(cls, value: str | None) -> str | None:
+        if value is not None:
+            month, day = int(value[:2]), int(value[3:])
+            # A leap year admits 29 February.
+            try:
+                date(2024, month, day)
+            except ValueError:
+                raise ValueError(f"{value} is not a day of the year") from None
+        return value
+
+    @model_validator(mode="after")
+    def _purchases_in_order(self) -> ProfileBody:
+        first, last = self.first_purchase_at, self.last_purchase_at
+        if first is not None and last is not None and last < first:
+            raise ValueError("last_purchase_at is before first_purchase_at")
+        return self
+
+    def profile(self) -> Profile:
+        return Profile(
+            tuple(dict.fromkeys(self.segments)),
+            self.birthday,
+            self.first_purchase_at,
+            self.last_purchase_at,
+        )
+
+
+class ProfileImportItem(ProfileBody):
+    customer_id: Id
+
+
+class ProfileImport(Wire):
+    customers: Annotated[
+        list[ProfileImportItem], Field(min_length=1, max_length=MAX_IMPORT_PROFILES)
+    ]
+
+
+class ProfileView(Out):
+    customer_id: str
+    segments: list[str]
+    birthday: str | None
+    first_purchase_at: int | None
+    last_purchase_at: int | None
+
+
+class ProfilesImported(Out):
+    imported: int
 
 
 def _path_customer_id(request: web.Request) -> str:
@@ -132,6 +195,55 @@ async def put_consent(request: web.Request) -> web.Response:
             "at": consent.at_ms,
         },
     )
+
+
+@routes.route(
+    "PUT",
+    "/v1/customers/{customer_id}",
+    summary="Replace the customer's CRM profile: segments, birthday, purchase dates",
+    auth=Auth.SECRET,
+    tag="customers",
+    body=ProfileBody,
+    responses={200: ProfileView, 401: Problem, 403: Problem},
+)
+async def put_profile(request: web.Request) -> web.Response:
+    customer_id = _path_customer_id(request)
+    body, _ = await read_model(request, ProfileBody, request.app[SETTINGS].max_body_bytes)
+    profile = body.profile()
+    await request.app[CUSTOMERS].put_profiles(caller(request).tenant_id, [(customer_id, profile)])
+    return respond(request, {"customer_id": customer_id, **profile.as_dict()})
+
+
+@routes.route(
+    "POST",
+    "/v1/customers/import",
+    summary="Replace up to 10,000 profiles at once (a CRM sync), all or nothing",
+    auth=Auth.SECRET,
+    tag="customers",
+    body=ProfileImport,
+    responses={200: ProfilesImported, 401: Problem, 403: Problem},
+    description="If any profile is invalid the answer is 422 naming each bad field "
+    "(customers[i]....) and nothing is written.",
+)
+async def import_profiles(request: web.Request) -> web.Response:
+    body, _ = await read_model(request, ProfileImport, request.app[SETTINGS].max_import_body_bytes)
+    seen: dict[str, int] = {}
+    duplicates = []
+    for index, item in enumerate(body.customers):
+        if item.customer_id in seen:
+            duplicates.append(
+                FieldProblem(
+                    f"customers[{index}].customer_id",
+                    f"{item.customer_id!r} is also customers[{seen[item.customer_id]}]",
+                )
+            )
+        seen.setdefault(item.customer_id, index)
+    if duplicates:
+        raise ValidationFailed.of(duplicates)
+    await request.app[CUSTOMERS].put_profiles(
+        caller(request).tenant_id, [(item.customer_id, item.profile()) for item in body.customers]
+    )
+    return respond(request, {"imported": len(body.customers)})
 
 
 @routes.route(

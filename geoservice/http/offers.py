@@ -21,6 +21,25 @@ routes = EndpointTable()
 Category = Annotated[str, Field(min_length=1, max_length=100)]
 
 
+class Audience(Wire):
+    """Who may get the offer; every condition given must hold; a device without a customer
+    never matches an offer with an audience."""
+
+    segments: (
+        Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(max_length=50)] | None
+    ) = Field(default=None, description="any of these CRM segments")
+    birthday_within_days: Annotated[int, Field(ge=0, le=366)] | None = Field(
+        default=None,
+        description="the birthday is today or within this many days, in the zone's time zone",
+    )
+    lapsed_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        default=None, description="the last purchase is at least this many days ago"
+    )
+    new_within_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        default=None, description="the first purchase is at most this many days ago"
+    )
+
+
 class OfferBody(Wire):
     title: Annotated[str, Field(min_length=1, max_length=200)]
     body: Annotated[str, Field(max_length=2000)] | None = None
@@ -46,6 +65,7 @@ class OfferBody(Wire):
         default=0, description="higher wins a tie in score"
     )
     fallback: bool = Field(default=False, description="may be issued without any interest match")
+    audience: Audience | None = None
     offer_id: str | None = Field(default=None, description="ignored on input (the path names it)")
     updated_at: int | None = Field(default=None, description="computed; ignored on input")
 
@@ -126,6 +146,7 @@ async def put_offer(request: web.Request) -> web.Response:
         budget=body.budget,
         priority=body.priority,
         fallback=body.fallback,
+        audience=None if body.audience is None else body.audience.model_dump(exclude_none=True),
         updated_at_ms=now_ms(),
     )
     created = await request.app[OFFERS].put(tenant_id, offer)

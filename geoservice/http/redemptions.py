@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from geoservice import redemptions, stats
 from geoservice.http.codec import read_model, respond, validate
@@ -67,6 +67,11 @@ class StatsQuery(BaseModel):
     from_: EpochMs = Field(alias="from", description="epoch ms, inclusive")
     to: EpochMs = Field(description="epoch ms, exclusive; at most 31 days after from")
     zone_id: Id | None = None
+    group_by: Literal["zone", "segment"] = Field(
+        default="zone",
+        description="zone: per zone and hour; segment: offers issued and redeemed per zone, "
+        "CRM segment (as the customer's profile had it at issue) and hour",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> StatsQuery:
@@ -88,8 +93,16 @@ class StatsRow(Out):
     redemptions: int
 
 
+class SegmentStatsRow(Out):
+    zone_id: str
+    segment: str = Field(description='a CRM segment, or "(none)" for customers without any')
+    hour: int
+    offers_issued: int
+    redemptions: int
+
+
 class StatsAnswer(Out):
-    stats: list[StatsRow]
+    stats: list[StatsRow] | list[SegmentStatsRow]
 
 
 @routes.route(
@@ -103,7 +116,51 @@ class StatsAnswer(Out):
 )
 async def get_stats(request: web.Request) -> web.Response:
     query = validate(StatsQuery, dict(request.query))
-    rows = await stats.hourly(
+    counts = stats.hourly if query.group_by == "zone" else stats.hourly_by_segment
+    rows = await counts(
         request.app[STORE], caller(request).tenant_id, query.from_, query.to, query.zone_id
     )
     return respond(request, {"stats": rows})
+
+
+class FlowsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    from_: EpochMs = Field(alias="from", description="epoch ms, inclusive")
+    to: EpochMs = Field(description="epoch ms, exclusive; at most 31 days after from")
+
+    @model_validator(mode="after")
+    def _range(self) -> FlowsQuery:
+        if self.to <= self.from_:
+            raise ValueError("to must be after from")
+        if self.to - self.from_ > MAX_STATS_HOURS * stats.HOUR_MS:
+            raise ValueError("at most 31 days at once")
+        return self
+
+
+class FlowRow(Out):
+    from_zone: str
+    to_zone: str
+    devices: int
+    median_s: float
+
+
+class Flows(RootModel[list[FlowRow]]):
+    pass
+
+
+@routes.route(
+    "GET",
+    "/v1/stats/flows",
+    summary="How shoppers move: devices that left one zone and entered another within an hour",
+    auth=Auth.SECRET,
+    tag="stats",
+    query=FlowsQuery,
+    responses={200: Flows, 401: Problem, 403: Problem, 422: Problem},
+    description="A JSON array of pairs; aggregates only, no device ids; pairs seen by fewer "
+    "than 5 devices are left out.",
+)
+async def get_flows(request: web.Request) -> web.Response:
+    query = validate(FlowsQuery, dict(request.query))
+    rows = await stats.flows(request.app[STORE], caller(request).tenant_id, query.from_, query.to)
+    return respond(request, rows)

@@ -2,7 +2,8 @@
 -- transitions for every ping in ts order. Two requests for one device, on any instances, are
 -- serialised here, so an event is never fired twice.
 --
--- KEYS[1] device state (hash, TTL 24 h): last_ts, cust, z:<zone_id> = "<entered_ts>|<dwelled 0/1>"
+-- KEYS[1] device state (hash, TTL 24 h): last_ts, cust, z:<zone_id> = "<entered_ts>|<dwelled 0/1>",
+--   last_exit = "<ts>|<zone_id>" (for zone-to-zone flows; nothing older than the state's TTL)
 -- KEYS[2] device consent record (hash): loc, mkt, at, src
 -- KEYS[3] device rate-limit bucket (hash, short TTL): tokens, at
 -- ARGV[1] msgpack map:
@@ -12,7 +13,8 @@
 --   dwell = {zone_id = dwell_s, ...} for every zone named in pings,
 --   pings = {{index, ts, {inside zone ids}, {near zone ids}}, ...} sorted by ts
 -- Returns msgpack: {"rate", retry_after_ms} | {"consent"} |
---   {"ok", events = {{type, zone_id, ts, index}...}, stale = {index...}, mkt = 0/1, new_customer = 0/1}
+--   {"ok", events = {{type, zone_id, ts, index}...}, stale = {index...}, mkt = 0/1, new_customer = 0/1,
+--    flows = {{from_zone, to_zone, seconds_between, enter_ts}...}}
 local req = cmsgpack.unpack(ARGV[1])
 local now = req.now
 
@@ -49,6 +51,8 @@ local marketing = (consent[2] == '1') and 1 or 0
 local flat = redis.call('HGETALL', KEYS[1])
 local last_ts = -1
 local previous_customer = false
+local last_exit_ts, last_exit_zone = nil, nil
+local FLOW_WINDOW_MS = 3600000
 local inside = {}   -- zone_id -> {entered_ts, dwelled}
 for i = 1, #flat, 2 do
   local name, value = flat[i], flat[i + 1]
@@ -56,13 +60,16 @@ for i = 1, #flat, 2 do
     last_ts = tonumber(value)
   elseif name == 'cust' then
     previous_customer = value
+  elseif name == 'last_exit' then
+    local sep = string.find(value, '|', 1, true)
+    last_exit_ts, last_exit_zone = tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)
   elseif string.sub(name, 1, 2) == 'z:' then
     local sep = string.find(value, '|', 1, true)
     inside[string.sub(name, 3)] = {tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)}
   end
 end
 
-local events, stale = {}, {}
+local events, stale, flows = {}, {}, {}
 local changed, removed = {}, {}
 
 local function sorted_keys(map)
@@ -85,6 +92,7 @@ for _, ping in ipairs(req.pings) do
     for _, z in ipairs(sorted_keys(inside)) do
       if not is_near[z] then
         events[#events + 1] = {'exit', z, ts, index}
+        last_exit_ts, last_exit_zone = ts, z
         inside[z] = nil
         changed[z] = nil
         removed[z] = true
@@ -94,6 +102,9 @@ for _, ping in ipairs(req.pings) do
     for _, z in ipairs(sorted_keys(is_inside)) do
       if inside[z] == nil then
         events[#events + 1] = {'enter', z, ts, index}
+        if last_exit_zone and last_exit_zone ~= z and ts - last_exit_ts <= FLOW_WINDOW_MS then
+          flows[#flows + 1] = {last_exit_zone, z, (ts - last_exit_ts) / 1000, ts}
+        end
         inside[z] = {ts, '0'}
         changed[z] = true
         removed[z] = nil
@@ -113,6 +124,10 @@ for _, ping in ipairs(req.pings) do
 end
 
 local writes = {'last_ts', tostring(last_ts)}
+if last_exit_zone then
+  writes[#writes + 1] = 'last_exit'
+  writes[#writes + 1] = string.format('%d|%s', last_exit_ts, last_exit_zone)
+end
 for z in pairs(changed) do
   writes[#writes + 1] = 'z:' .. z
   writes[#writes + 1] = string.format('%d|%s', inside[z][1], inside[z][2])
@@ -128,4 +143,4 @@ local gone = {}
 for z in pairs(removed) do gone[#gone + 1] = 'z:' .. z end
 if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
 redis.call('EXPIRE', KEYS[1], req.state_ttl_s)
-return cmsgpack.pack({'ok', events, stale, marketing, new_customer})
+return cmsgpack.pack({'ok', events, stale, marketing, new_customer, flows})
