@@ -11,7 +11,6 @@ from pathlib import Path
 import orjson
 import pytest
 import shapely
-from geoservice.index import Circle
 
 from geoservice.geometry import (
     MAX_REPORTED_ERRORS,
@@ -25,6 +24,7 @@ from geoservice.geometry import (
     shape_from_geojson,
     shape_to_geojson,
 )
+from geoservice.index import Circle
 
 ZONES_DIR = Path(__file__).resolve().parent.parent / "zones"
 FEATURE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
