@@ -136,9 +136,9 @@ def _k_for(reach_rad: float, res: int) -> int:
     return max(1, math.ceil((reach_rad + _REACH_RAD[res]) / (_STEP_FRACTION * _RHO_RAD[res])))
 
 
-def _unit(lat_deg: F64, lon_deg: F64) -> tuple[F64, F64, F64]:
-    la = np.radians(lat_deg)
-    lo = np.radians(lon_deg)
+def _unit(lat_deg: F64, lon_deg: F64, radians: bool = False) -> tuple[F64, F64, F64]:
+    la = lat_deg if radians else np.radians(lat_deg)
+    lo = lon_deg if radians else np.radians(lon_deg)
     c = np.cos(la)
     return c * np.cos(lo), c * np.sin(lo), np.sin(la)
 
@@ -164,6 +164,266 @@ def _centres(cells: I64) -> tuple[F64, F64]:
     for i, c in enumerate(cells.tolist()):
         lat[i], lon[i] = ctl(c)
     return lat, lon
+
+
+# --- vectorized H3 (numpy) -------------------------------------------------------------------
+#
+# h3.latlng_to_cell costs ~0.4 us per call from Python, too slow for batches and for covering
+# 10^5..10^6 circles. _Grid reimplements H3's forward mapping for whole arrays: pick the
+# icosahedron face (nearest face centre), gnomonic-project onto the face plane, round to the hex
+# lattice, then peel off aperture-7 digits two levels at a time with residue lookup tables, and
+# finally map (face, res-0 ijk) to base cell and rotation. The face geometry comes from h3 at
+# start-up; the (face, ijk) -> base cell/rotation table below was derived by comparing with h3
+# on random points (tests/test_index.py re-checks the whole mapping against h3). Points whose
+# base cell is a pentagon (6 % of the globe, mostly ocean) or that fall outside the table go
+# through h3 itself. Rounding may differ from h3 only for points within ~1e-15 rad of a cell
+# edge; covers carry a larger slack (_RHO_RAD), so such a point still finds every zone.
+
+# 20 faces x 27 (i, j, k in 0..2): two hex digits of base cell + 1, one digit of rotation + 1.
+_FACE_TABLE = (
+    "1111311902211f12143203140000910660b61710000002a20000000500160001020000000000000000310710f0"
+    "0b10c11241901840000110260a60610000001320000000500460000920000000000000000811612700a1141234"
+    "0f01540000410e61e60210000000720000000500d60000120000000000000001b12b13b01e12c13f4270304000"
+    "0d11d62d60e10000001620000000501060000420000000000000002012a13202d13613e43b0424000101176226"
+    "1d10000002b20000000500960000d20000000000000003334735403134435863204360002133564b61f6000000"
+    "2260000001902660001360000000000000001a32e34001832833c61902660001232463960c60000000b6000000"
+    "0f01c60000760000000000000002552352703853723424904a20001551421622950000003d20000000f00a2000"
+    "1c20000000000000004153f53b05555324d26206320003052c22b24650000005a20000002701e2000342000000"
+    "0000000004c35f36c04235736963b04d60003e35266663660000002d60000003204360002a6000000000000000"
+    "3a13c14004b14f45045405d40002612842e43510000004740000001901840002140000000000000002f13d1490"
+    "3914545144004e40001c12943842410000002e40000000f01540001240000000000000004815a16204a15c4684"
+    "4905940003414645543710000003840000002703040002340000000000000006116916c06316f4744620704000"
+    "4d15745f45310000005540000003b04240003f40000000000000005615815406616746546c0714000431444474"
+    "5210000005f40000003203140003e40000000000000006036e37605d36d37725406520005035e46b44f3000000"
+    "4b60000004004e40003c60000000000000005b55154906b56465967607260004e54553d25e50000006e4000000"
+    "4003920005040000000000000006a56856207257567067607a60005955c55a26450000006b40000004904a2000"
+    "5140000000000000007857456c07a57967167607760007056f5692755000000724000000620632000684000000"
+    "0000000007337737607137937a26c07420006536d46e46730000006660000005405d4000586000000000000000"
+)
+_SQRT7 = 2.6457513110645905905016157536392604257102
+_SQRT3_2 = 0.8660254037844386467637231707529361834714
+_AP7_ROT_RADS = 0.333473172251832115336090755351601070065900389
+_INV_RES0_U_GNOMONIC = 2.61803398874989588842
+# axial (i - k, j - k) offsets of the digits 0..6 (center, K, J, JK, I, IK, IJ)
+_UNIT_AXIAL = np.array([(0, 0), (-1, -1), (0, 1), (-1, 0), (1, 0), (0, -1), (1, 1)], np.int64)
+_ROT60_CCW = np.array([0, 5, 3, 1, 6, 4, 2, 7], np.int64)
+# child axial = D @ parent axial + unit(digit), for a Class III / Class II child resolution
+_DOWN_III = np.array([[2, 1], [-1, 3]], np.int64)
+_DOWN_II = np.array([[3, -1], [1, 2]], np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """Peels `levels` digits at once: key = (a mod m, b mod m) -> digits and offset, then
+    parent = adj @ (child - offset) / det (exact)."""
+
+    levels: int
+    mod: float
+    digits: npt.NDArray[np.int64]  # packed: d_fine << 3*(levels-1) | ... | d_coarse
+    off_a: F64
+    off_b: F64
+    adj: tuple[float, float, float, float]
+    det: float
+
+
+def _make_step(classes: Sequence[int]) -> _Step:
+    mats = [_DOWN_III if c == 3 else _DOWN_II for c in classes]
+    total = np.eye(2, dtype=np.int64)
+    for m in mats:
+        total = total @ m
+    det = round(float(np.linalg.det(total)))
+    adj = (float(total[1, 1]), float(-total[0, 1]), float(-total[1, 0]), float(total[0, 0]))
+    mod = 7 ** len(classes)
+    digits = np.full(mod * mod, -1, np.int64)
+    off_a = np.zeros(mod * mod)
+    off_b = np.zeros(mod * mod)
+    grid_a, grid_b = np.meshgrid(np.arange(mod), np.arange(mod))
+    ga, gb = grid_a.ravel(), grid_b.ravel()
+    for combo in np.ndindex(*([7] * len(classes))):
+        off = np.zeros(2, np.int64)
+        acc = np.eye(2, dtype=np.int64)
+        packed = 0
+        for lvl, d in enumerate(combo):
+            off = off + acc @ _UNIT_AXIAL[d]
+            acc = acc @ mats[lvl]
+            packed = (packed << 3) | d
+        ca = total[0, 0] * ga + total[0, 1] * gb + off[0]
+        cb = total[1, 0] * ga + total[1, 1] * gb + off[1]
+        key = (ca % mod) * mod + (cb % mod)
+        digits[key] = packed
+        off_a[key] = off[0]
+        off_b[key] = off[1]
+    assert (digits >= 0).all()
+    return _Step(len(classes), float(mod), digits, off_a, off_b, adj, float(det))
+
+
+class _Grid:
+    def __init__(self) -> None:
+        centres: dict[int, list[int]] = {}
+        for c in h3i.get_res0_cells():
+            faces = h3i.get_icosahedron_faces(c)
+            if len(faces) == 1:
+                centres.setdefault(faces[0], []).append(c)
+        lat = np.zeros(20)
+        lon = np.zeros(20)
+        az = np.zeros(20)
+        for f in range(20):
+            pts = [np.radians(h3i.cell_to_latlng(c)) for c in sorted(centres[f])]
+            xyz = [_unit(np.array([p[0]]), np.array([p[1]]), radians=True) for p in pts]
+            # the face-centre cell is the one nearest to the other three
+            dist = [
+                sum(sum(float((xyz[i][d] - xyz[j][d])[0]) ** 2 for d in range(3)) for j in range(4))
+                for i in range(4)
+            ]
+            best = int(np.argmin(dist))
+            la, lo = pts[best]
+            la2, lo2 = pts[next(i for i in range(4) if i != best)]
+            az[f] = math.atan2(
+                math.cos(la2) * math.sin(lo2 - lo),
+                math.cos(la) * math.sin(la2) - math.sin(la) * math.cos(la2) * math.cos(lo2 - lo),
+            )
+            lat[f], lon[f] = la, lo
+        self.fc = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1)
+        north = np.stack([-np.sin(lat) * np.cos(lon), -np.sin(lat) * np.sin(lon), np.cos(lat)], 1)
+        east = np.stack([-np.sin(lon), np.cos(lon), np.zeros(20)], 1)
+        # hex2d x axis points at azimuth az (H3's faceAxesAzRadsCII[f][0]); y is 90 deg ccw
+        e1 = north * np.cos(az)[:, None] + east * np.sin(az)[:, None]
+        e2 = north * np.sin(az)[:, None] - east * np.cos(az)[:, None]
+        ca, sa = math.cos(_AP7_ROT_RADS), math.sin(_AP7_ROT_RADS)
+        # Class III resolutions measure angles AP7_ROT further clockwise
+        e1c3 = e1 * ca + e2 * sa
+        e2c3 = e2 * ca - e1 * sa
+        # one matrix per class: columns = (e1 . p, e2 . p) of every face, then fc . p
+        self.proj = {
+            0: np.concatenate([e1.T, e2.T, self.fc.T], axis=1),
+            1: np.concatenate([e1c3.T, e2c3.T, self.fc.T], axis=1),
+        }
+        self.basis = {0: (e1, e2), 1: (e1c3, e2c3)}
+        table = "".join(_FACE_TABLE)
+        self.base_cell = np.array([int(table[3 * i : 3 * i + 2], 16) - 1 for i in range(540)])
+        self.rot = np.array([int(table[3 * i + 2]) - 1 for i in range(540)])
+        # steps: key (class of the finer level, levels)
+        self.steps = {
+            (3, 1): _make_step([3]),
+            (2, 1): _make_step([2]),
+            (3, 2): _make_step([3, 2]),
+            (2, 2): _make_step([2, 3]),
+        }
+        # rotate a packed pair of digits 0..5 times; index rot * 64 + (d_fine << 3 | d_coarse),
+        # value in index order (d_coarse << 3 | d_fine)
+        rp = [np.arange(8)]
+        for _ in range(5):
+            rp.append(_ROT60_CCW[rp[-1]])
+        self.rot1 = np.stack(rp).ravel()
+        pair = np.arange(64)
+        self.rot2 = np.concatenate([(r[pair & 7] << 3) | r[pair >> 3] for r in rp])
+
+    def project(self, lat_deg: F64, lon_deg: F64, res: int) -> tuple[I64, F64, F64]:
+        """Face and hex2d coordinates (H3's _geoToHex2d, via tangent-plane basis vectors)."""
+        la = np.radians(lat_deg)
+        lo = np.radians(lon_deg)
+        cl = np.cos(la)
+        p = np.stack([cl * np.cos(lo), cl * np.sin(lo), np.sin(la)], 1)
+        m = p @ self.proj[res & 1]
+        face = np.argmax(m[:, 40:], axis=1)
+        rows = np.arange(len(face))
+        scale = _INV_RES0_U_GNOMONIC * _SQRT7**res
+        den = m[rows, face + 40] / scale
+        return face, m[rows, face] / den, m[rows, face + 20] / den
+
+    @staticmethod
+    def round_axial(x: F64, y: F64) -> tuple[F64, F64]:
+        """Nearest lattice point (the hexagon containing the point), as float axial (a, b)."""
+        b = y / _SQRT3_2
+        q = x - 0.5 * b
+        r = b
+        s = -q - r
+        rq, rr, rs = np.rint(q), np.rint(r), np.rint(s)
+        dq, dr, ds = np.abs(rq - q), np.abs(rr - r), np.abs(rs - s)
+        fix_q = (dq > dr) & (dq > ds)
+        fix_r = ~fix_q & (dr > ds)
+        rq = np.where(fix_q, -rr - rs, rq)
+        rr = np.where(fix_r, -rq - rs, rr)
+        return rq + rr, rr
+
+    def axial_to_cells(self, face: I64, a: F64, b: F64, res: int) -> tuple[I64, Bool]:
+        """H3 cells of lattice points (a, b) on `face` at `res`; also which need h3 itself."""
+        out = np.zeros(len(a), np.int64)
+        packed: list[tuple[int, int, npt.NDArray[np.int64]]] = []
+        lvl = res
+        while lvl > 0:
+            n_lv = 2 if lvl >= 2 else 1
+            st = self.steps[(3 if lvl & 1 else 2, n_lv)]
+            mod = st.mod
+            ka = a - np.floor((a + 0.5) / mod) * mod
+            kb = b - np.floor((b + 0.5) / mod) * mod
+            key = (ka * mod + kb).astype(np.intp)
+            packed.append((lvl, n_lv, st.digits[key]))
+            ca = a - st.off_a[key]
+            cb = b - st.off_b[key]
+            a = np.rint((st.adj[0] * ca + st.adj[1] * cb) / st.det)
+            b = np.rint((st.adj[2] * ca + st.adj[3] * cb) / st.det)
+            lvl -= n_lv
+        i = a.astype(np.int64)
+        j = b.astype(np.int64)
+        m = np.minimum(np.minimum(i, j), 0)
+        i, j, k = i - m, j - m, -m
+        ok = (i <= 2) & (j <= 2) & (k <= 2)
+        key0 = np.where(ok, face * 27 + i * 9 + j * 3 + k, 0)
+        bc = self.base_cell[key0]
+        rot = self.rot[key0]
+        fallback = ~ok | (rot < 0) | (bc < 0)
+        rot = np.maximum(rot, 0)
+        out = (np.maximum(bc, 0).astype(np.int64) << 45) | (
+            (1 << 59) | (res << 52) | _low_ones(res)
+        )
+        for lvl, n_lv, d in packed:
+            shift = 3 * (15 - lvl)
+            if n_lv == 2:
+                out |= self.rot2[rot * 64 + d] << shift
+            else:
+                out |= self.rot1[rot * 8 + d] << shift
+        return out, fallback
+
+    def axial_to_unit(self, face: I64, a: F64, b: F64, res: int) -> tuple[F64, F64, F64]:
+        """Unit vectors of lattice points (inverse gnomonic of hex2d)."""
+        scale = _INV_RES0_U_GNOMONIC * _SQRT7**res
+        x = (a - 0.5 * b) / scale
+        y = b * _SQRT3_2 / scale
+        e1, e2 = self.basis[res & 1]
+        v = self.fc[face] + e1[face] * x[:, None] + e2[face] * y[:, None]
+        v /= np.sqrt(np.einsum("ij,ij->i", v, v))[:, None]
+        return v[:, 0], v[:, 1], v[:, 2]
+
+    def cells(self, lat: F64, lon: F64, res: int) -> I64:
+        face, x, y = self.project(lat, lon, res)
+        a, b = self.round_axial(x, y)
+        out, fb = self.axial_to_cells(face, a, b, res)
+        if fb.any():
+            f = h3i.latlng_to_cell
+            idx = np.flatnonzero(fb)
+            out[idx] = [
+                f(la, lo, res) for la, lo in zip(lat[idx].tolist(), lon[idx].tolist(), strict=True)
+            ]
+        return out
+
+
+_GRID: _Grid | None = None
+
+
+def _grid() -> _Grid:
+    global _GRID
+    if _GRID is None:
+        _GRID = _Grid()
+    return _GRID
+
+
+def latlng_to_cells(lat: F64, lon: F64, res: int) -> I64:
+    """H3 cells (int64) of many points at one resolution (vectorized; agrees with
+    h3.latlng_to_cell except possibly within ~1e-15 rad of a cell edge)."""
+    lat = np.ascontiguousarray(lat, dtype=np.float64)
+    lon = np.ascontiguousarray(lon, dtype=np.float64)
+    return _grid().cells(lat, lon, res)
 
 
 # --- circles ---------------------------------------------------------------------------------
@@ -951,16 +1211,6 @@ class ZoneIndex:
         self._ov_tables = None
         self._dead_entries = 0
         self._replan()
-
-
-def latlng_to_cells(lat: F64, lon: F64, res: int) -> I64:
-    """H3 cells (int64) of many points at one resolution."""
-    f = h3i.latlng_to_cell
-    return np.fromiter(
-        (f(a, b, res) for a, b in zip(lat.tolist(), lon.tolist(), strict=True)),
-        np.int64,
-        count=len(lat),
-    )
 
 
 _ = h3  # the top-level module is imported for callers that want h3.__version__ via this module
