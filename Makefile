@@ -44,5 +44,8 @@ test: install lint
 bench-index: install
 	$(BIN)/python -m loadtest.bench_index
 
+bench-pings: install
+	$(BIN)/python -m loadtest.bench_pings
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
