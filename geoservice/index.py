@@ -430,26 +430,101 @@ def latlng_to_cells(lat: F64, lon: F64, res: int) -> I64:
 
 
 def _circle_plan(radius_m: float) -> tuple[int, int]:
-    reach = radius_m / R_EARTH_M
-    res = _res_for_reach(reach, _CIRCLE_RHO_RATIO)
-    return res, _k_for(reach, res)
+    res, ks = _circle_res_k(np.array([radius_m / R_EARTH_M]))
+    return int(res[0]), int(ks[0])
+
+
+def _circle_res_k(reach: F64) -> tuple[I64, I64]:
+    target = reach / _CIRCLE_RHO_RATIO
+    res = np.ceil(2 * np.log(_RHO_RAD[0] / target) / math.log(7) - 1e-12)
+    res = np.clip(res, 0, 15).astype(np.int64)
+    rho = np.array(_RHO_RAD)[res]
+    ext = np.array(_REACH_RAD)[res]
+    ks = np.maximum(1, np.ceil((reach + ext) / (_STEP_FRACTION * rho))).astype(np.int64)
+    return res, ks
+
+
+def _classify_circle_cells(d: F64, ext: F64, reach: F64) -> tuple[Bool, Bool]:
+    keep = d - ext <= reach + _EPS_RAD
+    interior = d + ext < reach - _EPS_RAD
+    return keep, interior
+
+
+# axial unit directions I, IJ, J, JK, K, IK
+_DIRS = np.array([(1, 0), (1, 1), (0, 1), (-1, 0), (-1, -1), (0, -1)], np.float64)
+_CHUNK = 4096
+
+
+def _disk_offsets(k: int) -> tuple[F64, F64]:
+    mesh_a, mesh_b = np.meshgrid(np.arange(-k, k + 1), np.arange(-k, k + 1))
+    a, b = mesh_a.ravel(), mesh_b.ravel()
+    sel = np.maximum(np.maximum(np.abs(a), np.abs(b)), np.abs(a - b)) <= k
+    return a[sel].astype(np.float64), b[sel].astype(np.float64)
 
 
 def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
-    """Vectorized cover of many circles: returns (owner index, cell, is_boundary)."""
+    """Vectorized cover of many circles: returns (owner index, cell, is_boundary).
+
+    Candidates are the hex-lattice points within k steps of the centre on the centre's
+    icosahedron face, with exact centres from the inverse gnomonic projection. Circles whose
+    disk would leave the face, or that touch a pentagon base cell, go through h3 instead."""
     n = len(lat)
     if n == 0:
         e = np.empty(0, np.int64)
         return e, e.copy(), np.empty(0, np.bool_)
     reach = radius_m / R_EARTH_M
-    rho0 = _RHO_RAD[0]
-    target = reach / _CIRCLE_RHO_RATIO
-    res = np.ceil(2 * np.log(rho0 / target) / math.log(7) - 1e-12)
-    res = np.clip(res, 0, 15).astype(np.int64)
-    rho = np.array(_RHO_RAD)[res]
-    ext = np.array(_REACH_RAD)[res]
-    ks = np.maximum(1, np.ceil((reach + ext) / (_STEP_FRACTION * rho))).astype(np.int64)
+    res, ks = _circle_res_k(reach)
+    cx, cy, cz = _unit(lat, lon)
+    grid = _grid()
+    slow = np.zeros(n, np.bool_)
+    out_o: list[I64] = []
+    out_c: list[I64] = []
+    out_b: list[Bool] = []
+    group_key = res * 1024 + ks
+    for g in np.unique(group_key).tolist():
+        r, k = g // 1024, g % 1024
+        members = np.flatnonzero(group_key == g)
+        da, db = _disk_offsets(k)
+        m = len(da)
+        ext = _REACH_RAD[r]
+        for s in range(0, len(members), _CHUNK):
+            idx = members[s : s + _CHUNK]
+            face, x, y = grid.project(lat[idx], lon[idx], r)
+            a0, b0 = grid.round_axial(x, y)
+            # the disk one ring further out must stay on this face (its hull is the hexagon
+            # spanned by these six corners, and faces are convex in their gnomonic plane)
+            off_face = np.zeros(len(idx), np.bool_)
+            for dir_a, dir_b in _DIRS * (k + 1):
+                vx, vy, vz = grid.axial_to_unit(face, a0 + dir_a, b0 + dir_b, r)
+                near = np.argmax(np.stack([vx, vy, vz], 1) @ grid.fc.T, axis=1)
+                off_face |= near != face
+            fa = np.repeat(face, m)
+            aa = (a0[:, None] + da).ravel()
+            bb = (b0[:, None] + db).ravel()
+            own = np.repeat(idx, m)
+            ux, uy, uz = grid.axial_to_unit(fa, aa, bb, r)
+            d = _angle_between(ux, uy, uz, cx[own], cy[own], cz[own])
+            keep, interior = _classify_circle_cells(d, np.full(len(d), ext), reach[own])
+            cells, fb = grid.axial_to_cells(fa[keep], aa[keep], bb[keep], r)
+            bad_local = off_face.copy()
+            np.logical_or.at(bad_local, np.searchsorted(idx, own[keep][fb]), True)
+            slow[idx[bad_local]] = True
+            good = ~bad_local[np.searchsorted(idx, own[keep])]
+            out_o.append(own[keep][good])
+            out_c.append(cells[good])
+            out_b.append(~interior[keep][good])
+    if slow.any():
+        sl = np.flatnonzero(slow)
+        o, c, b = _cover_circles_h3(lat[sl], lon[sl], reach[sl], res[sl], ks[sl])
+        out_o.append(sl[o])
+        out_c.append(c)
+        out_b.append(b)
+    return _compact_interiors(np.concatenate(out_o), np.concatenate(out_c), np.concatenate(out_b))
 
+
+def _cover_circles_h3(lat: F64, lon: F64, reach: F64, res: I64, ks: I64) -> tuple[I64, I64, Bool]:
+    """Same cover through h3.grid_disk and cell centres (near face edges and pentagons)."""
+    n = len(lat)
     l2c = h3i.latlng_to_cell
     disk = h3m.grid_disk
     parts: list[npt.NDArray[np.uint64]] = []
@@ -462,18 +537,14 @@ def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
         lens[i] = len(d)
     cells = np.concatenate(parts).view(np.int64)
     owner = np.repeat(np.arange(n, dtype=np.int64), lens)
-
     uniq, inv = np.unique(cells, return_inverse=True)
     ulat, ulon = _centres(uniq)
     ux, uy, uz = _unit(ulat, ulon)
     cx, cy, cz = _unit(lat, lon)
     d = _angle_between(ux[inv], uy[inv], uz[inv], cx[owner], cy[owner], cz[owner])
-    rho_o = ext[owner]
-    reach_o = reach[owner]
-    keep = d - rho_o <= reach_o + _EPS_RAD
-    interior = d + rho_o < reach_o - _EPS_RAD
-    owner, cells, interior = owner[keep], cells[keep], interior[keep]
-    return _compact_interiors(owner, cells, ~interior)
+    ext = np.array(_REACH_RAD)[res]
+    keep, interior = _classify_circle_cells(d, ext[owner], reach[owner])
+    return owner[keep], cells[keep], ~interior[keep]
 
 
 def _compact_interiors(owner: I64, cells: I64, boundary: Bool) -> tuple[I64, I64, Bool]:
