@@ -11,6 +11,9 @@ next merge. Cells are H3 ints throughout.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -452,7 +455,7 @@ def _classify_circle_cells(d: F64, ext: F64, reach: F64) -> tuple[Bool, Bool]:
 
 # axial unit directions I, IJ, J, JK, K, IK
 _DIRS = np.array([(1, 0), (1, 1), (0, 1), (-1, 0), (-1, -1), (0, -1)], np.float64)
-_CHUNK = 4096
+_CHUNK = 1024
 
 
 def _disk_offsets(k: int) -> tuple[F64, F64]:
@@ -742,14 +745,13 @@ class _Level:
 
     __slots__ = ("keys", "keys_mv", "mask", "pclear", "pset", "res", "shift", "vals", "vals_mv")
 
-    def __init__(self, res: int, keys: I64, vals: I64) -> None:
+    def __init__(self, res: int, bits: int, keys: I64, vals: npt.NDArray[np.int32]) -> None:
         self.res = res
         self.keys = keys
         self.vals = vals
         self.keys_mv = keys.data
         self.vals_mv = vals.data
-        bits = len(keys).bit_length() - 1
-        self.mask = len(keys) - 1
+        self.mask = (1 << bits) - 1
         self.shift = 64 - bits
         self.pclear = _PCLEAR[res]
         self.pset = _PSET[res]
@@ -767,30 +769,21 @@ def _hash_np(cells: I64, shift: int) -> npt.NDArray[np.intp]:
 
 
 def _build_level(res: int, ucells: I64, vals: I64) -> _Level:
+    """Linear probing without wrap-around: sorted by home slot, each key lands at
+    max(home, previous + 1), i.e. a running maximum; the table gets a tail long enough for
+    the last run plus one empty slot that ends every probe sequence."""
     n = len(ucells)
     bits = max(4, int(2 * n).bit_length())
-    size = 1 << bits
-    keys = np.zeros(size, np.int64)
-    tv = np.zeros(size, np.int64)
-    shift = 64 - bits
-    mask = size - 1
-    pos = _hash_np(ucells, shift)
-    todo = np.arange(n)
-    while len(todo):
-        p = pos[todo]
-        free = keys[p] == _EMPTY
-        # among items aiming at the same free slot, the first one wins this round
-        cand = todo[free]
-        pc = p[free]
-        _, first = np.unique(pc, return_index=True)
-        win = cand[first]
-        keys[pos[win]] = ucells[win]
-        tv[pos[win]] = vals[win]
-        won = np.zeros(n, np.bool_)
-        won[win] = True
-        todo = todo[~won[todo]]
-        pos[todo] = (pos[todo] + 1) & mask
-    return _Level(res, keys, tv)
+    home = _hash_np(ucells, 64 - bits)
+    order = np.argsort(home, kind="stable")
+    ar = np.arange(n)
+    pos = np.maximum.accumulate(home[order] - ar) + ar if n else ar
+    length = max(1 << bits, int(pos[-1]) + 1 if n else 0) + 1
+    keys = np.zeros(length, np.int64)
+    tv = np.zeros(length, np.int32)
+    keys[pos] = ucells[order]
+    tv[pos] = vals[order]
+    return _Level(res, bits, keys, tv)
 
 
 def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
@@ -800,15 +793,17 @@ def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
     hit_i: list[npt.NDArray[np.intp]] = []
     hit_v: list[I64] = []
     keys = level.keys
+    qt = q
     while len(todo):
         k = keys[pos]
-        found = k == q[todo]
+        found = k == qt
         if found.any():
             hit_i.append(todo[found])
-            hit_v.append(level.vals[pos[found]])
+            hit_v.append(level.vals[pos[found]].astype(np.int64))
         more = ~found & (k != _EMPTY)
         todo = todo[more]
-        pos = (pos[more] + 1) & level.mask
+        qt = qt[more]
+        pos = pos[more] + 1
     if not hit_i:
         return np.empty(0, np.intp), np.empty(0, np.int64)
     return np.concatenate(hit_i), np.concatenate(hit_v)
@@ -892,6 +887,13 @@ def _expand(
     return np.concatenate([idx[single], mi]), np.concatenate([vals[single], mv])
 
 
+def _release_freed_memory() -> None:
+    """A bulk build allocates large temporaries; glibc keeps freed heap pages (its mmap
+    threshold adapts upwards after big frees), so hand them back to the OS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 # --- the index -------------------------------------------------------------------------------
 
 _CIRCLE_COLS = 4  # x, y, z of the centre unit vector, squared chord of the radius
@@ -919,7 +921,7 @@ class ZoneIndex:
         self._overlay: dict[int, tuple[int, ...]] = {}
         self._ov_res_count = [0] * 16
         self._ov_tables: _Tables | None = None
-        self._slot_entries: dict[int, int] = {}
+        self._slot_n = np.zeros(16, np.int32)  # entries per slot, to count dead ones
         self._plan: tuple[int, _Tables, dict[int, tuple[int, ...]], tuple[int, ...]] = (
             0,
             self._tables,
@@ -978,6 +980,8 @@ class ZoneIndex:
             cells = np.empty(0, np.int64)
             boundary = np.empty(0, np.bool_)
         self._commit_bulk(ids, shapes, covers, circ_idx, owner, cells, boundary)
+        del owner, cells, boundary, covers
+        _release_freed_memory()
 
     def remove(self, zone_id: str) -> None:
         slot = self._zone_slot.pop(zone_id, None)
@@ -1005,7 +1009,7 @@ class ZoneIndex:
             while k != p:
                 if k == _EMPTY:
                     break
-                i = (i + 1) & lv.mask
+                i += 1
                 k = keys[i]
             else:
                 v = lv.vals_mv[i]
@@ -1058,9 +1062,21 @@ class ZoneIndex:
         if len(lon) != n:
             raise ValueError("lats and lons differ in length")
         max_res, tables, _, ov_res = self._plan
-        out: list[list[str]] = [[] for _ in range(n)]
-        if n == 0 or (not tables.levels and not ov_res):
+        # n fresh lists would trigger a cyclic-GC pass every 700 allocations, each walking the
+        # young objects; lists of str cannot form cycles, so collection waits until the end
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            out: list[list[str]] = [[] for _ in range(n)]
+            if n == 0 or (not tables.levels and not ov_res):
+                return out
+            self._fill(out, lat, lon, max_res)
             return out
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _fill(self, out: list[list[str]], lat: F64, lon: F64, max_res: int) -> None:
         q = latlng_to_cells(lat, lon, max_res)
         pts_l: list[npt.NDArray[np.intp]] = []
         codes_l: list[I64] = []
@@ -1073,7 +1089,7 @@ class ZoneIndex:
                     pts_l.append(hi)
                     codes_l.append(hv)
         if not pts_l:
-            return out
+            return
         pts = np.concatenate(pts_l)
         codes = np.concatenate(codes_l)
         slots = codes >> 2
@@ -1104,7 +1120,6 @@ class ZoneIndex:
         names = self._zone_array()[slots[ok]]
         for pt, name in zip(pts.tolist(), names.tolist(), strict=True):
             out[pt].append(name)
-        return out
 
     # -- internals --
 
@@ -1147,6 +1162,9 @@ class ZoneIndex:
         alive[:cap] = self._alive
         circ = np.zeros(new_cap * _CIRCLE_COLS, np.float64)
         circ[: len(self._circ)] = self._circ
+        slot_n = np.zeros(new_cap, np.int32)
+        slot_n[:cap] = self._slot_n
+        self._slot_n = slot_n
         # swap views after the new arrays are complete
         self._circ, self._circ_mv = circ, circ.data
         self._alive, self._alive_mv = alive, alive.data
@@ -1154,23 +1172,27 @@ class ZoneIndex:
     def _new_slots(self, ids: list[str], shapes: list[ZoneShape]) -> int:
         first = len(self._slot_zone)
         self._grow(first + len(ids))
-        circ = self._circ
+        circ = self._circ.reshape(-1, _CIRCLE_COLS)
+        ci = [j for j, s in enumerate(shapes) if isinstance(s, Circle)]
+        if ci:
+            cs = [shapes[j] for j in ci]
+            x, y, z = _unit(np.array([c.lat for c in cs]), np.array([c.lon for c in cs]))
+            rows = np.array(ci) + first
+            circ[rows, 0] = x
+            circ[rows, 1] = y
+            circ[rows, 2] = z
+            circ[rows, 3] = _chord_thresh(np.array([c.radius_m for c in cs]))
         for j, s in enumerate(shapes):
-            slot = first + j
-            if isinstance(s, Circle):
-                x, y, z = _unit(np.array([s.lat]), np.array([s.lon]))
-                b = slot * _CIRCLE_COLS
-                circ[b : b + 3] = (x[0], y[0], z[0])
-                circ[b + 3] = _chord_thresh(np.array([s.radius_m]))[0]
-            else:
+            if not isinstance(s, Circle):
                 shapely.prepare(s)
-                self._polys[slot] = s
+                self._polys[first + j] = s
         self._slot_zone.extend(ids)
         self._poly_np = None
         return first
 
     def _retire(self, slot: int) -> None:
-        self._dead_entries += self._slot_entries.pop(slot, 0)
+        self._dead_entries += int(self._slot_n[slot])
+        self._slot_n[slot] = 0
         self._polys.pop(slot, None)
         self._poly_np = None
 
@@ -1194,7 +1216,7 @@ class ZoneIndex:
             for c, b in zip(cells.tolist(), boundary.tolist(), strict=True):
                 ov[c] = (*ov.get(c, ()), base | int(b))
                 self._ov_res_count[(c >> _RES_SHIFT) & 15] += 1
-            self._slot_entries[slot] = len(cells)
+            self._slot_n[slot] = len(cells)
         self._ov_tables = None
         self._replan()
         self._switch(ids, first)
@@ -1234,8 +1256,7 @@ class ZoneIndex:
         else:
             self._new_slots(ids, shapes)
             self._merge(extra=(new_cells, new_codes), switching=(ids, first))
-        for j in range(len(ids)):
-            self._slot_entries[first + j] = int(per_slot[j])
+        self._slot_n[first : first + len(ids)] = per_slot
         self._replan()
         self._switch(ids, first)
         self._maybe_merge()

@@ -10,28 +10,28 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import gc
+import json
+import math
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import shapely  # noqa: E402
+import numpy as np
+import psutil
+import shapely
 
-from geoservice.index import R_EARTH_M, Circle, ZoneIndex, ZoneShape  # noqa: E402
+from geoservice.index import R_EARTH_M, Circle, ZoneIndex, ZoneShape
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index.json"
 M_PER_DEG = math.pi * R_EARTH_M / 180.0
