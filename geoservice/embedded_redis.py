@@ -40,8 +40,12 @@ def _die_with_parent() -> None:
 class EmbeddedRedis:
     """`with EmbeddedRedis() as redis:` ... `redis.url` is a unix:// URL."""
 
-    def __init__(self, *, tcp_port: int = 0, startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, *, tcp_port: int = 0, startup_timeout_s: float = 10.0, debug_command: bool = False
+    ) -> None:
         self.tcp_port = tcp_port
+        # DEBUG SLEEP is how the failure tests make the store slow; off for everyone else.
+        self.debug_command = debug_command
         self.startup_timeout_s = startup_timeout_s
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -77,6 +81,8 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(self._dir / "redis.log"),
         ]  # fmt: skip
+        if self.debug_command:
+            args += ["--enable-debug-command", "local"]
         self._process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

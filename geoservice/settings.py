@@ -38,6 +38,9 @@ class Settings:
     max_import_body_bytes: int = 33_554_432
     max_in_flight: int = 512
     redis_timeout_ms: int = 1_000
+    request_deadline_ms: int = 2_000
+    breaker_failures: int = 5
+    breaker_open_ms: int = 1_000
     shutdown_grace_s: float = 20.0
     ping_rate_per_s: float = 1.0
     ping_burst: int = 10
@@ -72,6 +75,10 @@ ENV_VARS: dict[str, str] = {
     "GEOSERVICE_MAX_IMPORT_BODY_BYTES": "Largest body of bulk imports (default 33554432).",
     "GEOSERVICE_MAX_IN_FLIGHT": "Requests in flight per worker before answering 503 (default 512).",
     "GEOSERVICE_REDIS_TIMEOUT_MS": "Socket timeout for Redis commands (default 1000).",
+    "GEOSERVICE_REQUEST_DEADLINE_MS": "Longest a request may take before it is answered 503 "
+    "(default 2000; bulk imports get 15 times as long).",
+    "GEOSERVICE_BREAKER_FAILURES": "Store failures in a row that open the circuit (default 5).",
+    "GEOSERVICE_BREAKER_OPEN_MS": "How long an open circuit answers 503 at once (default 1000).",
     "GEOSERVICE_SHUTDOWN_GRACE_S": "Time in-flight requests get on SIGTERM (default 20).",
     "GEOSERVICE_PING_RATE_PER_S": "Sustained ping requests per device per second (default 1).",
     "GEOSERVICE_PING_BURST": "Burst of ping requests per device (default 10).",
@@ -191,6 +198,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         ),
         max_in_flight=_int(env, "GEOSERVICE_MAX_IN_FLIGHT", 512, 1, 1_000_000),
         redis_timeout_ms=_int(env, "GEOSERVICE_REDIS_TIMEOUT_MS", 1_000, 10, 60_000),
+        request_deadline_ms=_int(env, "GEOSERVICE_REQUEST_DEADLINE_MS", 2_000, 50, 600_000),
+        breaker_failures=_int(env, "GEOSERVICE_BREAKER_FAILURES", 5, 1, 1_000_000),
+        breaker_open_ms=_int(env, "GEOSERVICE_BREAKER_OPEN_MS", 1_000, 10, 600_000),
         shutdown_grace_s=_float(env, "GEOSERVICE_SHUTDOWN_GRACE_S", 20.0, 0.0, 3600.0),
         ping_rate_per_s=_float(env, "GEOSERVICE_PING_RATE_PER_S", 1.0, 0.001, 1e6),
         ping_burst=_int(env, "GEOSERVICE_PING_BURST", 10, 1, 1_000_000),

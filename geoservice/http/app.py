@@ -13,10 +13,11 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from geoservice import changes
+from geoservice.breaker import CircuitBreaker
 from geoservice.customers import Customers
 from geoservice.decisions import OfferDesk
 from geoservice.http import customers, offers, operations, pings, redemptions, tenants, zones
-from geoservice.http.middleware import IN_FLIGHT, edge
+from geoservice.http.middleware import BREAKER, IN_FLIGHT, edge
 from geoservice.http.openapi import build_spec
 from geoservice.http.routing import Endpoint, EndpointTable
 from geoservice.http.state import (
@@ -63,6 +64,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[IN_FLIGHT] = [0]
+    app[BREAKER] = CircuitBreaker(
+        failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_ms / 1000
+    )
     app[READY] = asyncio.Event()
     app[BACKGROUND] = []
     for table in ROUTE_TABLES:

@@ -3,6 +3,7 @@ place where errors become RFC 9457 problem documents."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -12,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geoservice import metrics
+from geoservice.breaker import CircuitBreaker
 from geoservice.errors import (
     PROBLEM_TYPE_PREFIX,
     GeoserviceError,
@@ -27,6 +29,11 @@ from geoservice.http.state import SETTINGS
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = web.AppKey("in_flight", list[int])
+BREAKER = web.AppKey("breaker", CircuitBreaker)
+# Bulk imports legitimately take longer than a ping.
+IMPORT_DEADLINE_FACTOR = 15
+# A deadline past (TimeoutError) counts as the store not answering: it is what requests wait on.
+StoreUnavailable = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 OVERLOAD_RETRY_AFTER_S = 1
 STORE_RETRY_AFTER_S = 2
 
@@ -84,15 +91,33 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "too many requests in flight, try again", retry_after_s=OVERLOAD_RETRY_AFTER_S
             )
         response_codec(request.headers.get("Accept"))  # 406 before any work is done
-        response = await handler(request)
+        settings = request.app[SETTINGS]
+        uses_store = request.path.startswith("/v1/")
+        breaker = request.app[BREAKER]
+        if uses_store and not breaker.allow():
+            raise Unavailable(
+                "the store is not answering, try again", retry_after_s=breaker.retry_after_s()
+            )
+        deadline_s = settings.request_deadline_ms / 1000
+        if request.path.endswith("/import"):
+            deadline_s *= IMPORT_DEADLINE_FACTOR
+        try:
+            async with asyncio.timeout(deadline_s):
+                response = await handler(request)
+        except StoreUnavailable:
+            if uses_store:
+                breaker.failed()
+            raise
+        if uses_store:
+            breaker.succeeded()
     except GeoserviceError as error:
         response = problem_response(request, error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = problem_response(request, _from_http_exception(exc))
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
-        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+    except StoreUnavailable as exc:
+        log.warning("store unavailable on %s %s: %r", request.method, request.path, exc)
         response = problem_response(
             request,
             Unavailable("the store is not answering, try again", retry_after_s=STORE_RETRY_AFTER_S),

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from geoservice import metrics
 from geoservice.errors import Unavailable
 from geoservice.http.codec import respond
+from geoservice.http.middleware import BREAKER
 from geoservice.http.routing import Auth, EndpointTable
 from geoservice.http.state import OPENAPI, READY, SETTINGS, STORE
 from geoservice.http.wire import Out, Problem
@@ -47,10 +48,14 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[READY].is_set():
         raise Unavailable("the zone index is still loading", retry_after_s=1)
+    breaker = request.app[BREAKER]
     try:
         await request.app[STORE].ping()
     except (RedisError, OSError) as exc:
+        breaker.failed()
         raise Unavailable(f"the store is not answering: {exc}", retry_after_s=2) from None
+    # Readiness probes keep coming while no traffic is routed here: they close the circuit.
+    breaker.succeeded()
     return respond(request, {"status": "ready"})
 
 
