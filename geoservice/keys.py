@@ -117,6 +117,11 @@ def issued_ids(holder_tag: str) -> str:
     return f"{PREFIX}issued-ids:{{{holder_tag}}}"
 
 
+def redemption_rate(tenant_id: str) -> str:
+    """Token bucket of the tenant's redemption attempts."""
+    return f"{PREFIX}redeem-rate:{{t:{tenant_id}}}"
+
+
 def issued_offer(offer_instance_id: str) -> str:
     """One issued offer and, once redeemed, its redemption; TTL validity + grace."""
     return f"{PREFIX}issued:{{i:{offer_instance_id}}}"

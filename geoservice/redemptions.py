@@ -4,10 +4,11 @@ was lost is repeated by the client and then answered 409 with the first redempti
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from geoservice import keys, stats
-from geoservice.errors import Conflict, FieldProblem, Gone, ValidationFailed
+from geoservice.errors import Conflict, FieldProblem, Gone, RateLimited, ValidationFailed
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tokens import InvalidToken, verify
@@ -40,6 +41,16 @@ def issued_view(record: dict[bytes, bytes], issued_id: str) -> dict[str, Any]:
 async def redeem(
     store: Store, settings: Settings, tenant_id: str, token: str, store_id: str, now_ms: int
 ) -> dict[str, Any]:
+    # Every attempt counts, good token or bad: guessing tokens and farming offers are slow.
+    retry_after_ms = await store.run_script(
+        "rate_limit",
+        [keys.redemption_rate(tenant_id)],
+        [now_ms, settings.redemption_rate_per_s, settings.redemption_burst],
+    )
+    if retry_after_ms:
+        raise RateLimited(
+            "too many redemption attempts", retry_after_s=max(1, math.ceil(retry_after_ms / 1000))
+        )
     try:
         claims = verify(settings.signing_keys, token)
     except InvalidToken as exc:

@@ -44,6 +44,8 @@ class Settings:
     shutdown_grace_s: float = 20.0
     ping_rate_per_s: float = 1.0
     ping_burst: int = 10
+    redemption_rate_per_s: float = 20.0
+    redemption_burst: int = 100
     change_poll_block_ms: int = 500
     log_level: str = "INFO"
     # True when the keys above were generated for this run because the embedded, throw-away
@@ -82,6 +84,9 @@ ENV_VARS: dict[str, str] = {
     "GEOSERVICE_SHUTDOWN_GRACE_S": "Time in-flight requests get on SIGTERM (default 20).",
     "GEOSERVICE_PING_RATE_PER_S": "Sustained ping requests per device per second (default 1).",
     "GEOSERVICE_PING_BURST": "Burst of ping requests per device (default 10).",
+    "GEOSERVICE_REDEMPTION_RATE_PER_S": "Redemption attempts per tenant per second, good or "
+    "bad tokens alike (default 20): stops guessing and offer farming.",
+    "GEOSERVICE_REDEMPTION_BURST": "Burst of redemption attempts per tenant (default 100).",
     "GEOSERVICE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR (default INFO).",
 }
 
@@ -204,6 +209,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace_s=_float(env, "GEOSERVICE_SHUTDOWN_GRACE_S", 20.0, 0.0, 3600.0),
         ping_rate_per_s=_float(env, "GEOSERVICE_PING_RATE_PER_S", 1.0, 0.001, 1e6),
         ping_burst=_int(env, "GEOSERVICE_PING_BURST", 10, 1, 1_000_000),
+        redemption_rate_per_s=_float(env, "GEOSERVICE_REDEMPTION_RATE_PER_S", 20.0, 0.001, 1e6),
+        redemption_burst=_int(env, "GEOSERVICE_REDEMPTION_BURST", 100, 1, 1_000_000),
         log_level=log_level,
         generated_secrets=tuple(generated),
     )

@@ -21,7 +21,14 @@ from geoservice.settings import Settings
 # every reply as bytes | str; the service treats the client as untyped and decodes at each use.
 RedisClient = Any
 
-SCRIPT_NAMES = ("create_tenant", "fence", "issue_offer", "reserve_budget", "redeem")
+SCRIPT_NAMES = (
+    "create_tenant",
+    "fence",
+    "issue_offer",
+    "reserve_budget",
+    "redeem",
+    "rate_limit",
+)
 
 
 def load_script_source(name: str) -> str:

@@ -41,9 +41,17 @@ class Redeemed(Out):
     auth=Auth.SECRET,
     tag="redemptions",
     body=RedemptionBody,
-    responses={200: Redeemed, 401: Problem, 403: Problem, 409: Problem, 410: Problem},
+    responses={
+        200: Redeemed,
+        401: Problem,
+        403: Problem,
+        409: Problem,
+        410: Problem,
+        429: Problem,
+    },
     description="409 carries `first_redemption` ({redeemed_at, store_id}); 410 once expired; "
-    "422 for a forged, garbled or another tenant's token.",
+    "422 for a forged, garbled or another tenant's token; 429 past the tenant's rate of "
+    "redemption attempts.",
 )
 async def post_redemption(request: web.Request) -> web.Response:
     body, _ = await read_model(request, RedemptionBody, request.app[SETTINGS].max_body_bytes)
