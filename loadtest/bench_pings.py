@@ -804,7 +804,8 @@ def print_table(doc: dict[str, Any]) -> None:
          f"({zones['zones_per_s']}/s)"),
         ("last zone in every worker after", "NOT within the deadline" if visible is None
          else f"+{visible} s"),
-        ("import requests failed (5xx retried)", f"{len(failures)} of {len(zones['import_requests'])} "
+        ("import requests failed (5xx retried)",
+         f"{len(failures)} of {len(zones['import_requests'])} "
          f"{sorted({f['status'] for f in failures})}"),
         ("sampled zones entered, by worker", zones["sampled_zones_entered_by_worker"]),
         ("devices / interval / batch / codec",
