@@ -11,6 +11,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
 import math
@@ -326,7 +328,11 @@ def median_rate(fn: Callable[[], int], repeats: int) -> float:
 
 
 def rss_mb() -> float:
+    """RSS after a GC and after glibc returned freed heap pages (so that the garbage of an
+    earlier workload does not count against, or for, the next index)."""
     gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
