@@ -716,6 +716,115 @@ def _cover_polygon(
     return cells, boundary
 
 
+def _classify_boxes(
+    geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
+) -> tuple[Bool, Bool]:
+    """Element-wise version of _classify_cells for many (polygon, cell centre) pairs."""
+    rho = reach_rad + _EPS_RAD
+    rho_deg = np.degrees(rho)
+    ymin = clat - rho_deg - _EPS_DEG
+    ymax = clat + rho_deg + _EPS_DEG
+    polar = (ymax >= 90.0) | (ymin <= -90.0)
+    cosl = np.cos(np.radians(clat))
+    ratio = np.where(polar, 1.0, np.sin(rho) / np.maximum(cosl, 1e-300))
+    dlon = np.degrees(np.arcsin(np.minimum(1.0, ratio))) + _EPS_DEG
+    xmin = np.where(polar, -180.0, clon - dlon)
+    xmax = np.where(polar, 180.0, clon + dlon)
+    ymin = np.maximum(ymin, -90.0)
+    ymax = np.minimum(ymax, 90.0)
+    boxes = shapely.box(xmin, ymin, xmax, ymax)
+    cand = shapely.intersects(geoms, boxes)
+    for sel, shift in ((xmin < -180.0, 360.0), (xmax > 180.0, -360.0)):
+        if sel.any():
+            cand[sel] |= shapely.intersects(
+                geoms[sel], shapely.box(xmin[sel] + shift, ymin[sel], xmax[sel] + shift, ymax[sel])
+            )
+    near_am = (xmin <= -180.0 + 1e-7) | (xmax >= 180.0 - 1e-7)
+    interior = cand & ~polar & ~near_am
+    if interior.any():
+        interior[interior] = shapely.contains_properly(geoms[interior], boxes[interior])
+    return cand, interior
+
+
+def _cover_polygons(
+    shapes: Sequence[shapely.Polygon | shapely.MultiPolygon], max_cells: int
+) -> tuple[I64, I64, Bool]:
+    """Covers of many polygons: candidate disks on the face lattice (as for circles), boxes
+    classified with one vectorized shapely call. Zones whose disks leave their face, touch a
+    pentagon or need every cell of a resolution take the per-zone path."""
+    jobs: list[tuple[int, int, int, int]] = []  # owner, res, seed, k
+    slow: list[int] = []
+    for i, shape in enumerate(shapes):
+        res, plan = _poly_plan(shape)
+        est = _plan_count(res, plan)
+        if est > max_cells:
+            raise ZoneTooLargeError(f"zone needs ~{est} cells at res {res}, cap is {max_cells}")
+        if any(k < 0 for _, k in plan) or est >= h3i.get_num_cells(res):
+            slow.append(i)
+        else:
+            jobs.extend((i, res, seed, k) for seed, k in plan)
+    grid = _grid()
+    out_o: list[I64] = []
+    out_c: list[I64] = []
+    out_lat: list[F64] = []
+    out_lon: list[F64] = []
+    out_reach: list[F64] = []
+    bad = np.zeros(len(shapes), np.bool_)
+    job_arr = np.array(jobs, np.int64).reshape(-1, 4)
+    group_key = job_arr[:, 1] * 1024 + job_arr[:, 3]
+    for g in np.unique(group_key).tolist():
+        r, k = g // 1024, g % 1024
+        sel = job_arr[group_key == g]
+        seeds = sel[:, 2]
+        centre = np.array([h3i.cell_to_latlng(int(c)) for c in seeds.tolist()]).reshape(-1, 2)
+        face, x, y = grid.project(centre[:, 0], centre[:, 1], r)
+        a0, b0 = grid.round_axial(x, y)
+        off_face = np.zeros(len(sel), np.bool_)
+        for dir_a, dir_b in _DIRS * (k + 1):
+            vx, vy, vz = grid.axial_to_unit(face, a0 + dir_a, b0 + dir_b, r)
+            off_face |= np.argmax(np.stack([vx, vy, vz], 1) @ grid.fc.T, axis=1) != face
+        da, db = _disk_offsets(k)
+        m = len(da)
+        fa = np.repeat(face, m)
+        aa = (a0[:, None] + da).ravel()
+        bb = (b0[:, None] + db).ravel()
+        own = np.repeat(sel[:, 0], m)
+        cells, fb = grid.axial_to_cells(fa, aa, bb, r)
+        bad[sel[off_face, 0]] = True
+        bad[own[fb]] = True
+        ux, uy, uz = grid.axial_to_unit(fa, aa, bb, r)
+        out_o.append(own)
+        out_c.append(cells)
+        out_lat.append(np.degrees(np.arcsin(np.clip(uz, -1.0, 1.0))))
+        out_lon.append(np.degrees(np.arctan2(uy, ux)))
+        out_reach.append(np.full(len(own), _REACH_RAD[r]))
+    owner = np.concatenate(out_o) if out_o else np.empty(0, np.int64)
+    cells = np.concatenate(out_c) if out_c else np.empty(0, np.int64)
+    boundary = np.empty(0, np.bool_)
+    if len(owner):
+        clat = np.concatenate(out_lat)
+        clon = np.concatenate(out_lon)
+        reach = np.concatenate(out_reach)
+        keep = ~bad[owner]
+        # parts of one zone may share cells
+        key = np.stack([owner[keep], cells[keep]], 1)
+        _, first = np.unique(key, axis=0, return_index=True)
+        idx = np.flatnonzero(keep)[first]
+        owner, cells = owner[idx], cells[idx]
+        geoms = np.empty(len(shapes), dtype=object)
+        geoms[:] = list(shapes)
+        cand, interior = _classify_boxes(geoms[owner], clat[idx], clon[idx], reach[idx])
+        owner, cells, boundary = owner[cand], cells[cand], ~interior[cand]
+    slow.extend(np.flatnonzero(bad).tolist())
+    o_l, c_l, b_l = [owner], [cells], [boundary]
+    for i in slow:
+        c, b = _cover_polygon(shapes[i], max_cells)
+        o_l.append(np.full(len(c), i, np.int64))
+        c_l.append(c)
+        b_l.append(b)
+    return _compact_interiors(np.concatenate(o_l), np.concatenate(c_l), np.concatenate(b_l))
+
+
 def estimate_cell_count(shape: ZoneShape) -> int:
     """Cheap upper estimate of the candidate cells a cover will evaluate (the final cover is
     smaller). Used to refuse zones before covering them."""
@@ -988,10 +1097,17 @@ class ZoneIndex:
         shapes = list(dedup.values())
         circ_idx = [i for i, s in enumerate(shapes) if isinstance(s, Circle)]
         covers: list[tuple[I64, Bool] | None] = [None] * len(shapes)
-        for i, s in enumerate(shapes):
-            if not isinstance(s, Circle):
-                cells, boundary = _cover_polygon(s, self.max_cells_per_zone)
-                covers[i] = (cells, boundary)
+        poly_idx = [i for i, s in enumerate(shapes) if not isinstance(s, Circle)]
+        if poly_idx:
+            polys = [shapes[i] for i in poly_idx]
+            for s in polys:
+                shapely.prepare(s)
+            p_owner, p_cells, p_bnd = _cover_polygons(polys, self.max_cells_per_zone)
+            order = np.argsort(p_owner, kind="stable")
+            p_owner, p_cells, p_bnd = p_owner[order], p_cells[order], p_bnd[order]
+            bounds = np.searchsorted(p_owner, np.arange(len(polys) + 1)).tolist()
+            for j, i in enumerate(poly_idx):
+                covers[i] = (p_cells[bounds[j] : bounds[j + 1]], p_bnd[bounds[j] : bounds[j + 1]])
         if circ_idx:
             circles = [shapes[i] for i in circ_idx]
             lat = np.array([c.lat for c in circles])
