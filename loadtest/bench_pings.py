@@ -523,6 +523,12 @@ def _name(process: psutil.Process) -> str:
         return "?"
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds spent on anything but idling, summed over all cores."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 class ResourceWatch:
     """CPU and RSS of the service tree over the recorded window; redis-server kept apart."""
 
@@ -536,6 +542,8 @@ class ResourceWatch:
         self.started = 0.0
         self.ended = 0.0
         self.seen_pids: set[int] = set()
+        self.machine_busy_start = self.machine_busy_end = 0.0
+        self.load_start = self.load_end = (0.0, 0.0, 0.0)
 
     def _tree(self) -> list[psutil.Process]:
         try:
@@ -565,12 +573,16 @@ class ResourceWatch:
     def open(self) -> None:
         self.started = time.perf_counter()
         self.start_cpu = self._cpu()
+        self.machine_busy_start = _machine_busy_s()
+        self.load_start = os.getloadavg()
         self.seen_pids = set(self.start_cpu)
         self.sample()
 
     def close(self) -> None:
         self.sample()
         self.end_cpu = self._cpu()
+        self.machine_busy_end = _machine_busy_s()
+        self.load_end = os.getloadavg()
         self.ended = time.perf_counter()
 
     def sample(self) -> None:
@@ -611,6 +623,12 @@ class ResourceWatch:
             "processes": processes,
             # A pid that appeared mid-run is a restarted worker.
             "new_processes_during_run": sorted(self.seen_pids - set(self.start_cpu)),
+            # Everything busy on the machine (100 = one core): the generator and anything else
+            # running (other people's tests) compete with the service for the same cores.
+            "machine_cpu_percent": round(
+                100 * (self.machine_busy_end - self.machine_busy_start) / wall, 1
+            ),
+            "load_average_1m_at_start_end": [self.load_start[0], self.load_end[0]],
         }
 
 
@@ -688,9 +706,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         f"workload (a): {circles} circles + {polygons} polygons in {generate_s:.1f} s", flush=True
     )
 
+    load_1m = os.getloadavg()[0]
+    if load_1m > 0.5:
+        print(
+            f"warning: the machine is already busy (load average {load_1m:.1f}); other "
+            "processes will compete with the service and the generator for the CPU",
+            flush=True,
+        )
     service = Service(args.workers, args.service_log)
     log_window = [0, 0]
-    doc: dict[str, Any] = {"service_command": shlex.join(service.command)}
+    doc: dict[str, Any] = {
+        "service_command": shlex.join(service.command),
+        "load_average_1m_before": load_1m,
+    }
     service.start()
     try:
         assert service.process is not None
@@ -792,6 +820,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def other_cpu(doc: dict[str, Any]) -> float:
+    """CPU % of processes that are neither the service, its redis, nor the generator."""
+    res = doc["resources"]
+    ours = sum(
+        float(x)
+        for x in (
+            res["service_cpu_percent"],
+            res["redis_cpu_percent"],
+            doc["load"]["generator_cpu_percent"],
+        )
+    )
+    return round(max(0.0, float(res["machine_cpu_percent"]) - ours), 1)
+
+
 def print_table(doc: dict[str, Any]) -> None:
     load, res, zones = doc["load"], doc["resources"], doc["zones"]
     lat = load["latency_ms"]
@@ -824,6 +866,9 @@ def print_table(doc: dict[str, Any]) -> None:
         ("service RSS MB (peak)", f"{res['service_rss_mb']} ({res['service_rss_peak_mb']})"),
         ("redis CPU % / RSS MB", f"{res['redis_cpu_percent']} / {res['redis_rss_mb']}"),
         ("generator CPU %", load["generator_cpu_percent"]),
+        ("machine CPU % (all processes)", f"{res['machine_cpu_percent']} of "
+         f"{100 * doc['machine']['cores']}; other processes: {other_cpu(doc)}"),
+        ("load average 1 min (start, end)", res["load_average_1m_at_start_end"]),
         ("service exit", doc["service_exit"]),
         ("service log warnings / errors", f"{doc['service_log']['warnings']} / "
          f"{doc['service_log']['errors']} ({doc['service_log']['path']})"),
@@ -903,6 +948,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "source": source_version(),
         **doc,
     }
+    if "resources" in doc:
+        doc["resources"]["other_processes_cpu_percent"] = other_cpu(doc)
     print_table(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
