@@ -1175,9 +1175,11 @@ class ZoneIndex:
         have_p = False
         circ = self._circ_mv
         alive = self._alive_mv
+        # entries of removed or replaced zones stay in the tables until the next merge
+        check_alive = self._dead_entries > 0
         for code in cand:
             slot = code >> 2
-            if not alive[slot]:
+            if check_alive and not alive[slot]:
                 continue
             if code & 1:
                 if code & 2:
