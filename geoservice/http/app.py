@@ -17,8 +17,10 @@ from geoservice.breaker import CircuitBreaker
 from geoservice.customers import Customers
 from geoservice.decisions import OfferDesk
 from geoservice.http import customers, offers, operations, pings, redemptions, tenants, zones
+from geoservice.http.events import routes as event_routes
 from geoservice.http.middleware import BREAKER, IN_FLIGHT, edge
 from geoservice.http.openapi import build_spec
+from geoservice.http.pages import routes as page_routes
 from geoservice.http.routing import Endpoint, EndpointTable
 from geoservice.http.state import (
     BACKGROUND,
@@ -49,6 +51,8 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     offers.routes,
     customers.routes,
     redemptions.routes,
+    event_routes,
+    page_routes,
 )
 
 
