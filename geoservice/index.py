@@ -1208,6 +1208,8 @@ class ZoneIndex:
         n = len(lat)
         if len(lon) != n:
             raise ValueError("lats and lons differ in length")
+        if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
+            raise ValueError("coordinates must be finite")
         max_res, _, _, _, _, _, ov_res = self._plan
         # n fresh lists would trigger a cyclic-GC pass every 700 allocations, each walking the
         # young objects; lists of str cannot form cycles, so collection waits until the end

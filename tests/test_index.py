@@ -472,3 +472,12 @@ def test_vectorized_latlng_to_cells_matches_h3(seed: int, res: int) -> None:
     want = np.array([h3.latlng_to_cell(a, b, res) for a, b in zip(lat, lon, strict=True)])
     # float rounding may only differ within ~1e-15 rad of an edge: random points never are
     assert (got == want).all()
+
+
+def test_non_finite_coordinates_are_refused() -> None:
+    idx = ZoneIndex()
+    idx.put("a", Circle(1.0, 2.0, 100))
+    with pytest.raises(ValueError, match="finite"):
+        idx.lookup_many(np.array([1.0, np.nan]), np.array([2.0, 2.0]))
+    with pytest.raises(ValueError):  # noqa: PT011 (h3's H3LatLngDomainError)
+        idx.lookup(float("nan"), 2.0)
