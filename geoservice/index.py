@@ -858,10 +858,12 @@ class _Level:
     value >= 0 is a single entry code; value < 0 is -(offset + 1) into the shared multi array
     laid out as [count, code, code, ...]."""
 
-    __slots__ = ("keys", "pclear", "pset", "res", "shift", "slots", "slots_mv", "vals")
+    __slots__ = ("anc", "keys", "pclear", "pset", "res", "shift", "slots", "slots_mv", "vals")
 
-    def __init__(self, res: int, bits: int, slots: I64) -> None:
+    def __init__(self, res: int, bits: int, slots: I64, anc: I64) -> None:
         self.res = res
+        # sorted res-_FILTER_RES ancestors of the keys (empty for coarser levels)
+        self.anc = anc
         self.slots = slots
         self.slots_mv = slots.data
         self.keys = slots[0::2]
@@ -896,7 +898,12 @@ def _build_level(res: int, ucells: I64, vals: I64) -> _Level:
     slots = np.zeros(2 * length, np.int64)
     slots[2 * pos] = ucells[order]
     slots[2 * pos + 1] = vals[order]
-    return _Level(res, bits, slots)
+    anc = (
+        np.unique((ucells & _FILTER_CLEAR) | _FILTER_SET)
+        if res >= _FILTER_RES
+        else np.empty(0, np.int64)
+    )
+    return _Level(res, bits, slots, anc)
 
 
 def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
@@ -922,32 +929,32 @@ def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
     return np.concatenate(hit_i), np.concatenate(hit_v)
 
 
+_Probe: TypeAlias = tuple[int, int, int, memoryview]
+
+
+def _probe(lv: _Level) -> _Probe:
+    """What the scalar lookup needs per level, ready to unpack in its loop."""
+    return (lv.pclear, lv.pset, lv.shift, lv.slots_mv)
+
+
 @dataclass(frozen=True, slots=True)
 class _Tables:
     levels: tuple[_Level, ...]
     multi: I64
     multi_mv: memoryview
     n_entries: int
-    # res-_FILTER_RES ancestors of every cell at levels >= _FILTER_RES: a point whose ancestor
-    # is not here can only hit coarser levels. Small (one entry per ~5 km2 with zones), so it
-    # stays in cache while the big tables do not: most pings far from any zone stop here.
-    filter_set: frozenset[int]
-    filter_arr: I64
-
-    def probes(self, fine: bool) -> tuple[tuple[int, int, int, memoryview], ...]:
-        """What the scalar lookup needs per level, ready to unpack in its loop: all levels, or
-        only the coarse ones the filter does not cover."""
-        return tuple(
-            (lv.pclear, lv.pset, lv.shift, lv.slots_mv)
-            for lv in self.levels
-            if fine or lv.res < _FILTER_RES
-        )
+    # res-_FILTER_RES ancestor -> the levels worth probing under it (the finer levels that
+    # have cells there, plus all coarser levels). Small (one entry per ~5 km2 with zones), so
+    # it stays in cache while the big tables do not: pings far from any zone stop here, and
+    # the others skip levels with nothing nearby.
+    filter_map: dict[int, tuple[_Probe, ...]]
+    coarse_probes: tuple[_Probe, ...]
 
     @staticmethod
     def build(cells: I64, codes: I64) -> _Tables:
         if len(cells) == 0:
             e = np.zeros(1, np.int64)
-            return _Tables((), e, e.data, 0, frozenset(), np.empty(0, np.int64))
+            return _Tables((), e, e.data, 0, {}, ())
         order = np.lexsort((codes, cells))
         cells, codes = cells[order], codes[order]
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
@@ -973,9 +980,26 @@ class _Tables:
             levels.append(_build_level(int(r), ucells[sel], vals[sel]))
         # finest first: the probe order does not matter, but keep it deterministic
         levels.sort(key=lambda lv: -lv.res)
-        fine = ucells[res >= _FILTER_RES]
-        farr = np.unique((fine & _PCLEAR[_FILTER_RES]) | _PSET[_FILTER_RES])
-        return _Tables(tuple(levels), multi, multi.data, len(cells), frozenset(farr.tolist()), farr)
+        coarse = tuple(_probe(lv) for lv in levels if lv.res < _FILTER_RES)
+        fine = [lv for lv in levels if lv.res >= _FILTER_RES]
+        fmap: dict[int, tuple[_Probe, ...]] = {}
+        if fine:
+            anc = np.concatenate([lv.anc for lv in fine])
+            bit = np.concatenate(
+                [np.full(len(lv.anc), 1 << j, np.int64) for j, lv in enumerate(fine)]
+            )
+            order = np.argsort(anc, kind="stable")
+            anc, bit = anc[order], bit[order]
+            starts = np.flatnonzero(np.r_[True, anc[1:] != anc[:-1]])
+            masks = np.bitwise_or.reduceat(bit, starts)
+            by_mask = {
+                m: tuple(_probe(lv) for j, lv in enumerate(fine) if m >> j & 1) + coarse
+                for m in np.unique(masks).tolist()
+            }
+            fmap = dict(
+                zip(anc[starts].tolist(), (by_mask[m] for m in masks.tolist()), strict=True)
+            )
+        return _Tables(tuple(levels), multi, multi.data, len(cells), fmap, coarse)
 
     def pairs(self) -> tuple[I64, I64]:
         """All (cell, code) pairs, for merging."""
@@ -1060,13 +1084,12 @@ class ZoneIndex:
         self._slot_n = np.zeros(16, np.int32)  # entries per slot, to count dead ones
         self._plan: tuple[
             int,
-            tuple[tuple[int, int, int, memoryview], ...],
-            tuple[tuple[int, int, int, memoryview], ...],
-            frozenset[int],
+            tuple[_Probe, ...],
+            dict[int, tuple[_Probe, ...]],
             memoryview,
             dict[int, tuple[int, ...]],
             tuple[int, ...],
-        ] = (0, (), (), frozenset(), self._tables.multi_mv, self._overlay, ())
+        ] = (-1, (), {}, self._tables.multi_mv, self._overlay, ())
         self._replan()
 
     # -- public API --
@@ -1140,12 +1163,11 @@ class ZoneIndex:
     def lookup(self, lat: float, lon: float) -> list[str]:
         """Ids of the zones containing the point (any order)."""
         # one read of the plan: tables, overlay and resolutions that belong together
-        max_res, probes, coarse_probes, filt, multi, ov, ov_res = self._plan
-        if not probes and not ov_res:
+        max_res, coarse_probes, filt, multi, ov, ov_res = self._plan
+        if max_res < 0:
             return []
         q = _latlng_to_cell(lat, lon, max_res)
-        if (q & _FILTER_CLEAR) | _FILTER_SET not in filt:
-            probes = coarse_probes
+        probes = filt.get((q & _FILTER_CLEAR) | _FILTER_SET, coarse_probes)
         cand: list[int] = []
         for pclear, pset, shift, table in probes:
             p = (q & pclear) | pset
@@ -1210,7 +1232,7 @@ class ZoneIndex:
             raise ValueError("lats and lons differ in length")
         if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
             raise ValueError("coordinates must be finite")
-        max_res, _, _, _, _, _, ov_res = self._plan
+        max_res, _, _, _, _, ov_res = self._plan
         # n fresh lists would trigger a cyclic-GC pass every 700 allocations, each walking the
         # young objects; lists of str cannot form cycles, so collection waits until the end
         gc_was_enabled = gc.isenabled()
@@ -1234,14 +1256,13 @@ class ZoneIndex:
         pts_l: list[npt.NDArray[np.intp]] = []
         codes_l: list[I64] = []
         for tables in self._all_tables():
-            farr = tables.filter_arr
-            fine_idx: npt.NDArray[np.intp] | None = None
+            anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
             for lv in tables.levels:
                 if lv.res >= _FILTER_RES:
-                    if fine_idx is None:
-                        anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
-                        pos = np.minimum(np.searchsorted(farr, anc), max(len(farr) - 1, 0))
-                        fine_idx = np.flatnonzero(farr[pos] == anc) if len(farr) else pos[:0]
+                    if not len(lv.anc):
+                        continue
+                    pos = np.minimum(np.searchsorted(lv.anc, anc), len(lv.anc) - 1)
+                    fine_idx = np.flatnonzero(lv.anc[pos] == anc)
                     p = (q[fine_idx] & np.int64(lv.pclear)) | np.int64(lv.pset)
                     hi, hv = _probe_np(lv, p)
                     hi = fine_idx[hi]
@@ -1317,10 +1338,9 @@ class ZoneIndex:
         ov_res = tuple(r for r in range(15, -1, -1) if self._ov_res_count[r])
         res_all = [lv.res for lv in self._tables.levels] + list(ov_res)
         self._plan = (
-            max(res_all) if res_all else 0,
-            self._tables.probes(fine=True),
-            self._tables.probes(fine=False),
-            self._tables.filter_set,
+            max(res_all) if res_all else -1,
+            self._tables.coarse_probes,
+            self._tables.filter_map,
             self._tables.multi_mv,
             self._overlay,
             ov_res,
