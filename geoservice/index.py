@@ -1193,10 +1193,13 @@ class ZoneIndex:
         if not cand:
             return []
         out: list[str] = []
-        px = py = pz = 0.0
-        have_p = False
         circ = self._circ_mv
         alive = self._alive_mv
+        names = self._slot_zone
+        la = math.radians(lat)
+        lo = math.radians(lon)
+        cl = math.cos(la)
+        px, py, pz = cl * math.cos(lo), cl * math.sin(lo), math.sin(la)
         # entries of removed or replaced zones stay in the tables until the next merge
         check_alive = self._dead_entries > 0
         for code in cand:
@@ -1208,19 +1211,14 @@ class ZoneIndex:
                     if not _contains_xy(self._polys[slot], lon, lat):
                         continue
                 else:
-                    if not have_p:
-                        la = math.radians(lat)
-                        lo = math.radians(lon)
-                        cl = math.cos(la)
-                        px, py, pz = cl * math.cos(lo), cl * math.sin(lo), math.sin(la)
-                        have_p = True
-                    b = slot * _CIRCLE_COLS
+                    # code & -4 == slot * _CIRCLE_COLS: the circle's row in _circ
+                    b = code & -4
                     dx = px - circ[b]
                     dy = py - circ[b + 1]
                     dz = pz - circ[b + 2]
                     if dx * dx + dy * dy + dz * dz > circ[b + 3]:
                         continue
-            out.append(self._slot_zone[slot])
+            out.append(names[slot])
         return out
 
     def lookup_many(self, lats: npt.ArrayLike, lons: npt.ArrayLike) -> list[list[str]]:
