@@ -949,12 +949,15 @@ class _Tables:
     # the others skip levels with nothing nearby.
     filter_map: dict[int, tuple[_Probe, ...]]
     coarse_probes: tuple[_Probe, ...]
+    # the same for batches: sorted ancestors and a bitmask over the fine levels per ancestor
+    anc_all: I64
+    anc_mask: I64
 
     @staticmethod
     def build(cells: I64, codes: I64) -> _Tables:
         if len(cells) == 0:
             e = np.zeros(1, np.int64)
-            return _Tables((), e, e.data, 0, {}, ())
+            return _Tables((), e, e.data, 0, {}, (), e[:0], e[:0])
         order = np.lexsort((codes, cells))
         cells, codes = cells[order], codes[order]
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
@@ -983,6 +986,8 @@ class _Tables:
         coarse = tuple(_probe(lv) for lv in levels if lv.res < _FILTER_RES)
         fine = [lv for lv in levels if lv.res >= _FILTER_RES]
         fmap: dict[int, tuple[_Probe, ...]] = {}
+        anc_all = np.empty(0, np.int64)
+        anc_mask = np.empty(0, np.int64)
         if fine:
             anc = np.concatenate([lv.anc for lv in fine])
             bit = np.concatenate(
@@ -999,7 +1004,10 @@ class _Tables:
             fmap = dict(
                 zip(anc[starts].tolist(), (by_mask[m] for m in masks.tolist()), strict=True)
             )
-        return _Tables(tuple(levels), multi, multi.data, len(cells), fmap, coarse)
+            anc_all, anc_mask = anc[starts], masks
+        return _Tables(
+            tuple(levels), multi, multi.data, len(cells), fmap, coarse, anc_all, anc_mask
+        )
 
     def pairs(self) -> tuple[I64, I64]:
         """All (cell, code) pairs, for merging."""
@@ -1242,8 +1250,10 @@ class ZoneIndex:
             if not names:
                 return [[] for _ in range(n)]
             # hits sorted by point: each point's answer is one slice of the name list
-            bounds = np.searchsorted(pts, np.arange(n + 1)).tolist()
-            return [names[a:b] for a, b in itertools.pairwise(bounds)]
+            bounds = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(pts, minlength=n), out=bounds[1:])
+            bounds_l: list[int] = bounds.tolist()
+            return [names[a:b] for a, b in itertools.pairwise(bounds_l)]
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -1254,13 +1264,16 @@ class ZoneIndex:
         pts_l: list[npt.NDArray[np.intp]] = []
         codes_l: list[I64] = []
         for tables in self._all_tables():
-            anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
+            mask = np.zeros(len(q), np.int64)
+            if len(tables.anc_all):
+                anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
+                pos = np.minimum(np.searchsorted(tables.anc_all, anc), len(tables.anc_all) - 1)
+                mask = np.where(tables.anc_all[pos] == anc, tables.anc_mask[pos], 0)
+            j = 0
             for lv in tables.levels:
                 if lv.res >= _FILTER_RES:
-                    if not len(lv.anc):
-                        continue
-                    pos = np.minimum(np.searchsorted(lv.anc, anc), len(lv.anc) - 1)
-                    fine_idx = np.flatnonzero(lv.anc[pos] == anc)
+                    fine_idx = np.flatnonzero(mask & (1 << j))
+                    j += 1
                     p = (q[fine_idx] & np.int64(lv.pclear)) | np.int64(lv.pset)
                     hi, hv = _probe_np(lv, p)
                     hi = fine_idx[hi]
