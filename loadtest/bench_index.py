@@ -327,6 +327,14 @@ def median_rate(fn: Callable[[], int], repeats: int) -> float:
     return statistics.median(rates)
 
 
+def timed(fn: Callable[[], int]) -> tuple[float, float]:
+    """(wall-clock rate, CPU-time rate) of one run. On a shared machine the wall clock also
+    counts time the process waited for a core; CPU time is what one core spent."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = fn()
+    return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
+
+
 def rss_mb() -> float:
     """RSS after a GC and after glibc returned freed heap pages (so that the garbage of an
     earlier workload does not count against, or for, the next index)."""
@@ -343,12 +351,16 @@ def run_workload(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
     # build (fresh index; RSS growth measured after a gc)
     gc.collect()
     rss0 = rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     idx = ZoneIndex()
     idx.put_many(zip(w.ids, w.shapes, strict=True))
     build_s = time.perf_counter() - t0
+    build_cpu_s = time.process_time() - c0
     index_rss = rss_mb() - rss0
-    print(f"  build {build_s:.2f} s, index RSS +{index_rss:.0f} MB", flush=True)
+    print(
+        f"  build {build_s:.2f} s (CPU {build_cpu_s:.2f} s), index RSS +{index_rss:.0f} MB",
+        flush=True,
+    )
 
     ref = StrtreeRef(w)
     ns = min(args.sample, len(lat))
@@ -398,24 +410,25 @@ def run_workload(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
 
     # interleaved rounds: on a shared machine the load shifts between measurements, so each
     # round times all four, and the ratios are medians of per-round ratios
-    rounds: list[tuple[float, float, float, float]] = []
+    rounds: list[tuple[tuple[float, float], ...]] = []
     for _ in range(args.repeats):
-        rounds.append(
-            (
-                median_rate(ours_single, 1),
-                median_rate(tree_single, 1),
-                median_rate(ours_batch, 1),
-                median_rate(tree_bulk, 1),
-            )
-        )
-    single = statistics.median(r[0] for r in rounds)
-    t_single = statistics.median(r[1] for r in rounds)
-    batch = statistics.median(r[2] for r in rounds)
-    t_bulk = statistics.median(r[3] for r in rounds)
-    ratio_single = statistics.median(r[0] / r[1] for r in rounds)
-    ratio_bulk = statistics.median(r[2] / r[3] for r in rounds)
+        rounds.append((timed(ours_single), timed(tree_single), timed(ours_batch), timed(tree_bulk)))
+
+    def med(i: int, clock: int) -> float:
+        return statistics.median(r[i][clock] for r in rounds)
+
+    def med_ratio(i: int, j: int, clock: int) -> float:
+        return statistics.median(r[i][clock] / r[j][clock] for r in rounds)
+
+    single, t_single, batch, t_bulk = med(0, 0), med(1, 0), med(2, 0), med(3, 0)
+    ratio_single, ratio_bulk = med_ratio(0, 1, 0), med_ratio(2, 3, 0)
     print(f"  ours single {single:,.0f}/s, batch {batch:,.0f}/s (batches of {bs:,})", flush=True)
     print(f"  STRtree single {t_single:,.0f}/s, bulk {t_bulk:,.0f}/s", flush=True)
+    print(
+        f"  by CPU time: ours single {med(0, 1):,.0f}/s, batch {med(2, 1):,.0f}/s;"
+        f" STRtree single {med(1, 1):,.0f}/s, bulk {med(3, 1):,.0f}/s",
+        flush=True,
+    )
     geo = None if args.no_redis else geosearch_rate(w, lat, lon, args.geosearch_queries)
     geo_ratio = None
     if geo:
@@ -437,6 +450,7 @@ def run_workload(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
         "sample_points_in_a_zone": hits,
         "sample_mean_zones_per_point": round(total_hits / max(ns, 1), 2),
         "build_s": round(build_s, 3),
+        "build_cpu_s": round(build_cpu_s, 3),
         "index_rss_mb": round(index_rss, 1),
         "lookups_per_s_single": round(single),
         "lookups_per_s_batch": round(batch),
@@ -447,8 +461,17 @@ def run_workload(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_vs_strtree_single": round(ratio_single, 2),
         "ratio_vs_strtree_batch": round(ratio_bulk, 2),
         "ratio_vs_geosearch": round(geo_ratio, 1) if geo_ratio else None,
+        "cpu_time": {
+            "lookups_per_s_single": round(med(0, 1)),
+            "lookups_per_s_batch": round(med(2, 1)),
+            "strtree_per_s_single": round(med(1, 1)),
+            "strtree_per_s_bulk": round(med(3, 1)),
+            "ratio_vs_strtree_single": round(med_ratio(0, 1, 1), 2),
+            "ratio_vs_strtree_batch": round(med_ratio(2, 3, 1), 2),
+        },
         "repeats": args.repeats,
-        "rounds": [[round(x) for x in r] for r in rounds],
+        "rounds_wall_per_s": [[round(x[0]) for x in r] for r in rounds],
+        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
     }
 
 
@@ -457,11 +480,16 @@ def million_build(seed: int) -> dict[str, Any]:
     w_shapes = zip(w.ids, w.shapes, strict=True)
     gc.collect()
     rss0 = rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     idx = ZoneIndex()
     idx.put_many(w_shapes)
     dt = time.perf_counter() - t0
-    out = {"zones": len(idx), "build_s": round(dt, 2), "index_rss_mb": round(rss_mb() - rss0, 1)}
+    out = {
+        "zones": len(idx),
+        "build_s": round(dt, 2),
+        "build_cpu_s": round(time.process_time() - c0, 2),
+        "index_rss_mb": round(rss_mb() - rss0, 1),
+    }
     print(f"[million] {out}", flush=True)
     return out
 
