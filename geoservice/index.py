@@ -3,10 +3,12 @@ this point" exactly. Pure data structure (H3 + shapely + numpy); no I/O, no asyn
 
 Layout. Every zone version gets a *slot*; its cover is a set of (cell, code) pairs where
 code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one open-addressing hash
-table per H3 resolution (numpy int64 keys/values, read through memoryviews on the scalar path);
-incremental puts go to a small dict overlay that is merged into fresh tables when it grows.
-Removing or replacing a zone only clears its slot's alive flag; dead entries are dropped at the
-next merge. Cells are H3 ints throughout.
+table per H3 resolution (interleaved int64 key/value slots; the scalar path reads them through
+memoryviews), fronted by a small map from res-7 ancestors to the levels present under them.
+Incremental puts go to a dict overlay that is merged into fresh tables when it grows. Removing
+or replacing a zone only clears its slot's alive flag; dead entries go at the next merge.
+Batch lookups and bulk covers use a numpy port of H3's point-to-cell mapping (_Grid).
+Cells are H3 ints throughout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-import h3
 import numpy as np
 import numpy.typing as npt
 import shapely
@@ -42,9 +43,10 @@ __all__ = [
 R_EARTH_M = 6_371_008.8
 
 # A zone whose candidate cell count (estimate_cell_count) exceeds this is refused before
-# covering. Resolutions are chosen per zone from its size, so an ordinary circle or polygon
-# needs at most a few hundred candidates; what trips the cap is e.g. a MultiPolygon of
-# thousands of scattered parts. 20,000 cells cost ~0.3 MB in the tables and ~50 ms to cover.
+# covering. Resolutions are chosen per zone from its size, so a circle needs at most 91
+# candidates and a polygon a few hundred; what trips the cap is e.g. a MultiPolygon of a
+# thousand small parts spread over a country. 20,000 cells cost ~0.6 MB in the tables and
+# ~50 ms to cover.
 MAX_CELLS_PER_ZONE = 20_000
 
 
@@ -101,7 +103,7 @@ _STEP_FRACTION = 0.85
 _EPS_RAD = 1e-10
 _EPS_DEG = 1e-9
 # A circle's cover uses the coarsest resolution with radius >= _CIRCLE_RHO_RATIO * rho, so
-# radius/rho is in [1, 2.65): 5-16 cells, a 37-61 cell candidate disk.
+# radius/rho is in [1, 2.65): ~5-20 cells out of a 37-91 cell candidate disk.
 _CIRCLE_RHO_RATIO = 1.0
 # Polygons: coarsest resolution with (diameter of the bounding box) >= this * rho.
 _POLY_RHO_RATIO = 2.0
@@ -646,50 +648,14 @@ def _plan_count(res: int, plan: Sequence[tuple[int, int]]) -> int:
     return min(n, total_cells)
 
 
-def _cell_boxes(clat: F64, clon: F64, res: int) -> tuple[F64, F64, F64, F64, Bool]:
-    """Lon/lat boxes that certainly contain each cell and its descendants: they lie in the
-    spherical cap of radius _REACH_RAD around the centre, and the cap lies in this box.
-    Returns xmin, ymin, xmax, ymax and whether the box reaches a pole (then it spans all
-    longitudes)."""
-    rho = _REACH_RAD[res] + _EPS_RAD
-    rho_deg = math.degrees(rho)
-    ymin = clat - rho_deg - _EPS_DEG
-    ymax = clat + rho_deg + _EPS_DEG
-    polar = (ymax >= 90.0) | (ymin <= -90.0)
-    cosl = np.cos(np.radians(clat))
-    ratio = np.where(polar, 1.0, np.sin(rho) / np.maximum(cosl, 1e-300))
-    dlon = np.degrees(np.arcsin(np.minimum(1.0, ratio))) + _EPS_DEG
-    xmin = np.where(polar, -180.0, clon - dlon)
-    xmax = np.where(polar, 180.0, clon + dlon)
-    return xmin, np.maximum(ymin, -90.0), xmax, np.minimum(ymax, 90.0), polar
-
-
 def _classify_cells(
     shape: shapely.Polygon | shapely.MultiPolygon, cells: I64, res: int
 ) -> tuple[Bool, Bool]:
     """(candidate, interior) per cell, conservatively, against planar lon/lat containment."""
     clat, clon = _centres(cells)
-    xmin, ymin, xmax, ymax, polar = _cell_boxes(clat, clon, res)
-    boxes = shapely.box(xmin, ymin, xmax, ymax)
-    cand = shapely.intersects(shape, boxes)
-    # boxes poking past the antimeridian also stand for their copy on the other side
-    west = xmin < -180.0
-    east = xmax > 180.0
-    if west.any():
-        cand[west] |= shapely.intersects(
-            shape, shapely.box(xmin[west] + 360, ymin[west], xmax[west] + 360, ymax[west])
-        )
-    if east.any():
-        cand[east] |= shapely.intersects(
-            shape, shapely.box(xmin[east] - 360, ymin[east], xmax[east] - 360, ymax[east])
-        )
-    # a cell touching +-180 may be probed with the other sign of the same meridian, which the
-    # planar test sees elsewhere: such cells and polar ones are never interior
-    near_am = (xmin <= -180.0 + 1e-7) | (xmax >= 180.0 - 1e-7)
-    interior = cand & ~polar & ~near_am
-    if interior.any():
-        interior[interior] = shapely.contains_properly(shape, boxes[interior])
-    return cand, interior
+    geoms = np.empty(len(cells), dtype=object)
+    geoms[:] = [shape] * len(cells)
+    return _classify_boxes(geoms, clat, clon, np.full(len(cells), _REACH_RAD[res]))
 
 
 def _cover_polygon(
@@ -719,7 +685,10 @@ def _cover_polygon(
 def _classify_boxes(
     geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
 ) -> tuple[Bool, Bool]:
-    """Element-wise version of _classify_cells for many (polygon, cell centre) pairs."""
+    """(candidate, interior) for many (polygon, cell) pairs, conservatively, against planar
+    lon/lat containment. A cell and its descendants lie in the spherical cap of `reach_rad`
+    around the cell centre, and the cap lies in a lon/lat box (all longitudes if it reaches a
+    pole): candidate if the box meets the polygon, interior if the box is inside it."""
     rho = reach_rad + _EPS_RAD
     rho_deg = np.degrees(rho)
     ymin = clat - rho_deg - _EPS_DEG
@@ -734,11 +703,14 @@ def _classify_boxes(
     ymax = np.minimum(ymax, 90.0)
     boxes = shapely.box(xmin, ymin, xmax, ymax)
     cand = shapely.intersects(geoms, boxes)
+    # boxes poking past the antimeridian also stand for their copy on the other side
     for sel, shift in ((xmin < -180.0, 360.0), (xmax > 180.0, -360.0)):
         if sel.any():
             cand[sel] |= shapely.intersects(
                 geoms[sel], shapely.box(xmin[sel] + shift, ymin[sel], xmax[sel] + shift, ymax[sel])
             )
+    # a cell touching +-180 may be probed with the other sign of the same meridian, which the
+    # planar test sees elsewhere: such cells and polar ones are never interior
     near_am = (xmin <= -180.0 + 1e-7) | (xmax >= 180.0 - 1e-7)
     interior = cand & ~polar & ~near_am
     if interior.any():
@@ -1507,6 +1479,3 @@ class ZoneIndex:
         self._ov_tables = None
         self._dead_entries = 0
         self._replan()
-
-
-_ = h3  # the top-level module is imported for callers that want h3.__version__ via this module
