@@ -807,9 +807,20 @@ def estimate_cell_count(shape: ZoneShape) -> int:
     return _plan_count(res, plan)
 
 
+def _check_circle(c: Circle) -> None:
+    if not (
+        math.isfinite(c.lat)
+        and math.isfinite(c.lon)
+        and -90.0 <= c.lat <= 90.0
+        and 0.0 < c.radius_m < math.pi * R_EARTH_M
+    ):
+        raise ValueError(f"invalid circle {c}")
+
+
 def cover(shape: ZoneShape, max_cells: int = MAX_CELLS_PER_ZONE) -> Cover:
     """Pure cover function (picklable inputs/outputs; safe to run in a worker pool)."""
     if isinstance(shape, Circle):
+        _check_circle(shape)
         est = estimate_cell_count(shape)
         if est > max_cells:
             raise ZoneTooLargeError(f"circle needs ~{est} cells, cap is {max_cells}")
@@ -1113,6 +1124,8 @@ class ZoneIndex:
                 covers[i] = (p_cells[bounds[j] : bounds[j + 1]], p_bnd[bounds[j] : bounds[j + 1]])
         if circ_idx:
             circles = [shapes[i] for i in circ_idx]
+            for c in circles:
+                _check_circle(c)
             lat = np.array([c.lat for c in circles])
             lon = np.array([c.lon for c in circles])
             rad = np.array([c.radius_m for c in circles])
@@ -1440,7 +1453,9 @@ class ZoneIndex:
     def _maybe_merge(self) -> None:
         base = self._tables.n_entries
         ov = sum(self._ov_res_count)
-        if ov > max(50_000, base // 4) or self._dead_entries > max(50_000, base // 2):
+        # the overlay costs ~150 B per entry as Python objects and is re-tabled for the first
+        # batch after each change, so it stays small; dead entries only cost table space
+        if ov > max(10_000, base // 32) or self._dead_entries > max(50_000, base // 4):
             self._merge()
 
     def _merge(

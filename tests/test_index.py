@@ -481,3 +481,16 @@ def test_non_finite_coordinates_are_refused() -> None:
         idx.lookup_many(np.array([1.0, np.nan]), np.array([2.0, 2.0]))
     with pytest.raises(ValueError):  # noqa: PT011 (h3's H3LatLngDomainError)
         idx.lookup(float("nan"), 2.0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [Circle(0, 0, 0), Circle(0, 0, -5), Circle(91, 0, 100), Circle(float("nan"), 0, 100)],
+)
+def test_invalid_circles_are_refused(bad: Circle) -> None:
+    idx = ZoneIndex()
+    with pytest.raises(ValueError, match="invalid circle"):
+        idx.put("x", bad)
+    with pytest.raises(ValueError, match="invalid circle"):
+        idx.put_many([("y", Circle(0, 0, 100)), ("x", bad)])
+    assert len(idx) == 0
