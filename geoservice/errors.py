@@ -28,6 +28,7 @@ class GeoserviceError(Exception):
         errors: list[FieldProblem] | None = None,
         retry_after_s: int | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -35,6 +36,7 @@ class GeoserviceError(Exception):
         self.retry_after_s = retry_after_s
         # Fields added to the problem document beside the standard ones (e.g. the first redemption).
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
 class UndecodableBody(GeoserviceError):

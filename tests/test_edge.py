@@ -192,7 +192,13 @@ async def test_key_of_the_wrong_kind_is_403(client, make_tenant: TenantFactory):
 
 async def test_unknown_route_is_404_and_wrong_method_405(client):
     await assert_problem(await client.get("/v1/nothing-here"), 404)
-    await assert_problem(await client.delete("/healthz"), 405)
+    response = await client.delete("/healthz")
+    await assert_problem(response, 405)
+    assert response.headers["Allow"] == "GET"
+    # The import route and a zone's route share a path: the answer names both truthfully.
+    response = await client.patch("/v1/zones/import")
+    await assert_problem(response, 405)
+    assert response.headers["Allow"] == "POST"
 
 
 async def test_store_outage_is_503_with_retry_after(make_client: AppClientFactory):

@@ -53,7 +53,7 @@ def problem_response(request: web.Request, error: GeoserviceError) -> web.Respon
     if error.errors:
         document["errors"] = [{"field": p.field, "message": p.message} for p in error.errors]
     document.update(error.extra)
-    headers = {}
+    headers = dict(error.headers)
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
     return web.Response(
@@ -67,8 +67,11 @@ def problem_response(request: web.Request, error: GeoserviceError) -> web.Respon
 def _from_http_exception(exc: web.HTTPException) -> GeoserviceError:
     if exc.status == 404:
         return NotFound("no such route")
-    if exc.status == 405:
-        return MethodNotAllowed(f"method {exc.reason} not allowed on this route")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"{exc.method} is not allowed here; allowed: {allowed}", headers={"Allow": allowed}
+        )
     if exc.status == 413:
         return PayloadTooLarge("body too large")
     error = GeoserviceError(exc.text or exc.reason)

@@ -103,6 +103,9 @@ def build_spec(endpoints: list[Endpoint]) -> dict[str, Any]:
             statuses.setdefault(413, Problem)
             statuses.setdefault(415, Problem)
             statuses.setdefault(422, Problem)
+        # Any request can be malformed below the API (a request line over 8 KiB, a bad header):
+        # the HTTP parser answers 400 before a route is chosen.
+        statuses.setdefault(400, None)
         statuses.setdefault(406, Problem)
         statuses.setdefault(503, Problem)
         for status, model in sorted(statuses.items()):
@@ -115,7 +118,8 @@ def build_spec(endpoints: list[Endpoint]) -> dict[str, Any]:
                 )
                 answer["content"] = _content(_ref(model), media)
             elif isinstance(model, str):
-                answer["content"] = {model: {"schema": {"type": "string"}}}
+                served = {"type": "object"} if model.endswith("json") else {"type": "string"}
+                answer["content"] = {model: {"schema": served}}
             if status in (429, 503):
                 answer["headers"] = {
                     "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}

@@ -7,6 +7,7 @@ generate /openapi.json, so the spec cannot drift from what the service does.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,8 +74,25 @@ class EndpointTable:
         return register
 
     def add_to(self, app: web.Application) -> None:
+        plain = {e.path for e in self.endpoints if "{" not in e.path}
         for endpoint in self.endpoints:
-            app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+            app.router.add_route(
+                endpoint.method, router_path(endpoint.path, plain), endpoint.handler
+            )
+
+
+def router_path(path: str, plain_paths: set[str]) -> str:
+    """`/v1/zones/{zone_id}` must not also answer `/v1/zones/import`: a trailing parameter
+    excludes the literal of a sibling plain route, so `Allow` and 405 tell the truth."""
+    head, _, last = path.rpartition("/")
+    match = re.fullmatch(r"{(\w+)}", last)
+    if match is None:
+        return path
+    taken = sorted(p.rpartition("/")[2] for p in plain_paths if p.rpartition("/")[0] == head)
+    if not taken:
+        return path
+    excluded = "|".join(re.escape(word) for word in taken)
+    return f"{head}/{{{match.group(1)}:(?!(?:{excluded})$)[^/]+}}"
 
 
 CALLER_KEY = web.RequestKey("caller", Caller)
