@@ -122,7 +122,10 @@ async def hourly(
     if rows:
         async with store.redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                pipe.pfcount(keys.zone_uniques(tenant_id, int(row["hour"]), str(row["zone_id"])))
+                # Spelled out: redis-py refuses pfcount() in a cluster pipeline outright (a
+                # PFCOUNT may name keys of several slots); this one names one key.
+                uniques = keys.zone_uniques(tenant_id, int(row["hour"]), str(row["zone_id"]))
+                pipe.execute_command("PFCOUNT", uniques)
             for row, unique in zip(rows, await pipe.execute(), strict=True):
                 row["unique_devices"] = int(unique)
     return rows

@@ -6,6 +6,8 @@ Scripts live as `.lua` files beside this module; they are registered once and ca
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -13,9 +15,21 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands import READ_COMMANDS
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TimeoutError,
+)
 
 from geoservice.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # redis-py's annotations cannot know that replies are bytes (decode_responses=False) and type
 # every reply as bytes | str; the service treats the client as untyped and decodes at each use.
@@ -29,6 +43,60 @@ SCRIPT_NAMES = (
     "redeem",
     "rate_limit",
 )
+
+# Failover (docs/deployment.md, "Redis Cluster"). redis-py's cluster client repeats whatever
+# failed with a lost connection, up to 10 times by default. That is wrong for writes: a
+# redemption whose answer was lost would answer 409 to its own first attempt, a budget unit
+# given back twice would let one offer too many out. So its own retries are off, and the only
+# commands sent once more (after a topology refresh) are those a repeat cannot change: reads,
+# and the scripts listed here. `fence` is keyed by ping ts, so a repeat finds every ping stale
+# and fires nothing; `redeem` is never repeated: the client repeats it and then gets 409.
+REPEATABLE_SCRIPTS = frozenset({"fence"})
+REPEATABLE_COMMANDS = READ_COMMANDS | {"PING"}
+# Errors after which the command was not, or need not have been, carried out and a refreshed
+# topology may route it elsewhere. Not TimeoutError: the wait already used the whole socket
+# timeout, and a repeat would double it past the request deadline.
+REPEAT_ON = (ConnectionError, ClusterDownError)
+REPEAT_PAUSE_S = 0.05
+# The cluster client's per-node pool does not wait for a free connection, it fails at once:
+# room for every request in flight (one command each at a time) and the background tasks.
+SPARE_CONNECTIONS = 32
+
+
+class ServiceCluster(RedisCluster):
+    """RedisCluster that repeats a read once after a failover or a lost connection, and turns
+    the cluster-only exceptions that mean "no node serves this now" into RedisErrors, which
+    the service already treats as the store being unavailable (503, resynchronise, retry)."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> ServiceCluster:
+        try:
+            await super().initialize(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise ClusterDownError(str(exc)) from exc
+        except RedisClusterException as exc:
+            # "Redis Cluster cannot be connected": no startup node answered.
+            if isinstance(exc.__cause__, ConnectionError | TimeoutError | OSError):
+                raise ConnectionError(str(exc)) from exc
+            raise
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._execute_once(*args, **kwargs)
+        except REPEAT_ON as exc:
+            if str(args[0]).upper() not in REPEATABLE_COMMANDS:
+                raise
+            log.info(
+                "redis cluster: %s failed (%r); once more after a topology refresh", args[0], exc
+            )
+            await asyncio.sleep(REPEAT_PAUSE_S)
+            return await self._execute_once(*args, **kwargs)
+
+    async def _execute_once(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise ClusterDownError(str(exc)) from exc
 
 
 def load_script_source(name: str) -> str:
@@ -46,13 +114,25 @@ def connect(settings: Settings, url: str | None = None) -> Redis | RedisCluster:
         for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, _, port = hostport.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-        return RedisCluster(
+        return ServiceCluster(
             startup_nodes=nodes,
             password=parts.password,
             ssl=parts.scheme == "rediss+cluster",
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             decode_responses=False,
+            health_check_interval=30,
+            # No repeats by redis-py (see REPEAT_ON); a failed command marks the topology for
+            # a refresh, which the next command does.
+            retry=Retry(NoBackoff(), 0),
+            # Start, and refresh the topology, while some slots have no primary: requests for
+            # those slots fail fast (503), the others go on.
+            require_full_coverage=False,
+            # Never refresh the topology on MOVED: redis-py's refresh on MOVED first closes
+            # every connection, failing commands in flight on healthy nodes too. A MOVED after
+            # a failover re-points the whole slot range of the old primary at once anyway.
+            reinitialize_steps=0,
+            max_connections=settings.max_in_flight + SPARE_CONNECTIONS,
         )
     return Redis.from_url(
         url,
@@ -79,7 +159,14 @@ class Store:
         return store
 
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self.scripts[name](keys=keys, args=args)
+        try:
+            return await self.scripts[name](keys=keys, args=args)
+        except REPEAT_ON as exc:
+            if name not in REPEATABLE_SCRIPTS or not isinstance(self.redis, ServiceCluster):
+                raise
+            log.info("redis cluster: script %s failed (%r); once more", name, exc)
+            await asyncio.sleep(REPEAT_PAUSE_S)
+            return await self.scripts[name](keys=keys, args=args)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

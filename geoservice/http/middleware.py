@@ -9,6 +9,7 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,8 +33,18 @@ IN_FLIGHT = web.AppKey("in_flight", list[int])
 BREAKER = web.AppKey("breaker", CircuitBreaker)
 # Bulk imports legitimately take longer than a ping.
 IMPORT_DEADLINE_FACTOR = 15
+# Redis Cluster: the key's slot has no primary now (a failover under way; MasterDownError is a
+# ClusterDownError), or redirections that did not settle ("TTL exhausted" is a bare
+# ClusterError). Only the requests for that slot get the 503; the others go on.
+ClusterUnavailable = (ClusterDownError, TryAgainError, SlotNotCoveredError, ClusterError)
 # A deadline past (TimeoutError) counts as the store not answering: it is what requests wait on.
-StoreUnavailable = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+StoreUnavailable = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    *ClusterUnavailable,
+)
 OVERLOAD_RETRY_AFTER_S = 1
 STORE_RETRY_AFTER_S = 2
 
