@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Build stage: a wheel of geoservice and its dependencies.
+# Build stage: wheels of geoservice (with its pages under geoservice/static) and its dependencies.
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -11,9 +11,12 @@ FROM python:3.11.11-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home geoservice
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+# The example zones for `geoservice serve --demo` (the package does not carry data files).
+COPY zones/switzerland.geojson /usr/share/geoservice/zones/switzerland.geojson
 USER 10001
 ENV GEOSERVICE_HOST=0.0.0.0 \
     GEOSERVICE_PORT=8080 \
+    GEOSERVICE_DEMO_ZONES=/usr/share/geoservice/zones/switzerland.geojson \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

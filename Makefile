@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 WORKERS ?= 1
 
-.PHONY: install run test lint bench bench-index bench-pings clean redis-server
+.PHONY: install run test lint bench bench-index bench-pings clean redis-server chromium
 
 install: $(STAMP) redis-server
 
@@ -28,6 +28,15 @@ redis-server:
 	    echo "redis-server is not on PATH: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) or set REDIS_URL"; exit 1; \
 	  fi; }
 
+# Debian's chromium for the browser tests: playwright drives it and never downloads a browser.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x "$${GEOSERVICE_CHROMIUM:-}" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get (for the browser tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  fi; \
+	  command -v chromium >/dev/null 2>&1 || { echo "chromium is not on PATH and could not be installed: the browser tests need it (Debian: sudo apt-get install chromium; or set GEOSERVICE_CHROMIUM=/path/to/chromium)"; exit 1; }; }
+
 run: install
 	@echo "geoservice: operator token (development): $${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token}"
 	@GEOSERVICE_OPERATOR_TOKEN=$${GEOSERVICE_OPERATOR_TOKEN:-dev-operator-token} \
@@ -37,8 +46,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check geoservice tests loadtest
 	$(BIN)/ruff format --check geoservice tests loadtest
 	$(BIN)/mypy geoservice
+	$(BIN)/hadolint Dockerfile
+	@if docker compose version >/dev/null 2>&1; then docker compose config -q && echo "compose.yaml: valid"; \
+	elif command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "compose.yaml: valid"; \
+	else echo "compose.yaml: not validated (no docker compose on this machine)"; fi
 
-test: install lint
+test: install chromium lint
 	$(BIN)/pytest -q
 
 bench-index: install

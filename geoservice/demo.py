@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,11 @@ from geoservice.zones import ZoneDirectory, Zones
 DEMO_TENANT = "demo"
 DEMO_SECRET_KEY = "sk_demo_local_only_0000000000000000000000000"
 DEMO_SDK_KEY = "pk_demo_local_only_0000000000000000000000000"
-EXAMPLE_ZONES = Path(__file__).resolve().parent.parent / "zones" / "switzerland.geojson"
+# Beside the source tree by default; an installed package (the container image) names the file.
+EXAMPLE_ZONES = Path(
+    os.environ.get("GEOSERVICE_DEMO_ZONES")
+    or Path(__file__).resolve().parent.parent / "zones" / "switzerland.geojson"
+)
 
 
 class ImportFileError(ValueError):
@@ -124,7 +129,7 @@ async def seed_demo(settings: Settings) -> list[str]:
                 secret_key=DEMO_SECRET_KEY,
                 sdk_key=DEMO_SDK_KEY,
             )
-        if EXAMPLE_ZONES.exists():
+        if await asyncio.to_thread(EXAMPLE_ZONES.exists):
             created, updated = await import_zone_file(store, DEMO_TENANT, EXAMPLE_ZONES)
             lines.append(f"geoservice:   {created + updated} zones from {EXAMPLE_ZONES.name}")
         else:
