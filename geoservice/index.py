@@ -303,11 +303,12 @@ class _Grid:
         # Class III resolutions measure angles AP7_ROT further clockwise
         e1c3 = e1 * ca + e2 * sa
         e2c3 = e2 * ca - e1 * sa
-        # one matrix per class: columns = (e1 . p, e2 . p) of every face, then fc . p
+        # one matrix per class: columns = (e1 . p, e2 . p) of every face
         self.proj = {
-            0: np.concatenate([e1.T, e2.T, self.fc.T], axis=1),
-            1: np.concatenate([e1c3.T, e2c3.T, self.fc.T], axis=1),
+            0: np.concatenate([e1.T, e2.T], axis=1),
+            1: np.concatenate([e1c3.T, e2c3.T], axis=1),
         }
+        self.fc_t = np.ascontiguousarray(self.fc.T)
         self.basis = {0: (e1, e2), 1: (e1c3, e2c3)}
         table = "".join(_FACE_TABLE)
         self.base_cell = np.array([int(table[3 * i : 3 * i + 2], 16) - 1 for i in range(540)])
@@ -333,13 +334,16 @@ class _Grid:
         la = np.radians(lat_deg)
         lo = np.radians(lon_deg)
         cl = np.cos(la)
-        p = np.stack([cl * np.cos(lo), cl * np.sin(lo), np.sin(la)], 1)
-        m = p @ self.proj[res & 1]
-        face = np.argmax(m[:, 40:], axis=1)
+        p = np.empty((len(la), 3))
+        p[:, 0] = cl * np.cos(lo)
+        p[:, 1] = cl * np.sin(lo)
+        p[:, 2] = np.sin(la)
+        dots = p @ self.fc_t
+        face = np.argmax(dots, axis=1)
         rows = np.arange(len(face))
-        scale = _INV_RES0_U_GNOMONIC * _SQRT7**res
-        den = m[rows, face + 40] / scale
-        return face, m[rows, face] / den, m[rows, face + 20] / den
+        f = (_INV_RES0_U_GNOMONIC * _SQRT7**res) / dots[rows, face]
+        m = p @ self.proj[res & 1]
+        return face, m[rows, face] * f, m[rows, face + 20] * f
 
     @staticmethod
     def round_axial(x: F64, y: F64) -> tuple[F64, F64]:
