@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geoservice import keys
 from geoservice.store import RedisClient
@@ -51,6 +52,20 @@ async def last_id(redis: RedisClient) -> bytes:
     return newest[0][0] if newest else b"0-0"
 
 
+def _id(entry_id: bytes) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition(b"-")
+    return int(millis), int(sequence or 0)
+
+
+async def still_continuous(redis: RedisClient, cursor: bytes) -> bool:
+    """Is every entry after `cursor` still in the stream? Not after a trim past it, nor after
+    the store restarted empty (the stream is gone, or begins with entries newer than us)."""
+    oldest: list[Any] = await redis.xrange(keys.CHANGES, count=1)
+    if not oldest:
+        return cursor == b"0-0"
+    return _id(oldest[0][0]) <= _id(cursor) or cursor == b"0-0"
+
+
 async def follow(
     redis: RedisClient,
     start_id: bytes,
@@ -59,28 +74,38 @@ async def follow(
     *,
     block_ms: int = 500,
 ) -> None:
-    """Apply changes after `start_id` forever; after a lost connection, resynchronise fully."""
+    """Apply changes after `start_id` forever. A timeout or a lost connection loses nothing:
+    the feed goes on from its cursor. Only when entries after the cursor are gone (trimmed, or
+    the store restarted empty) is everything reloaded."""
     cursor = start_id
-    lost = False
+    must_resync = False
+    must_check = False
     while True:
         try:
-            if lost:
+            if must_resync:
                 cursor = await last_id(redis)
                 await on_resync()
-                lost = False
+                must_resync = False
+            if must_check:
+                must_resync = not await still_continuous(redis, cursor)
+                must_check = False
+                if must_resync:
+                    log.warning("change feed: entries after %r are gone; reloading", cursor)
+                    continue
             batches: list[Any] = await redis.xread(
-                {keys.CHANGES: cursor}, count=500, block=block_ms
+                {keys.CHANGES: cursor}, count=100, block=block_ms
             )
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:
-            log.warning("change feed: %s; retrying", exc)
-            lost = True
-            await asyncio.sleep(0.5)
+            # A blocked event loop can time a long XREAD out: not a reason to reload anything.
+            if not isinstance(exc, RedisTimeoutError):
+                log.warning("change feed: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+            must_check = True
             continue
         for _stream, entries in batches:
             for entry_id, fields in entries:
-                cursor = entry_id
                 change = Change(
                     kind=fields.get(b"k", b"").decode(),
                     tenant_id=fields.get(b"t", b"").decode(),
@@ -90,6 +115,12 @@ async def follow(
                     await on_change(change)
                 except asyncio.CancelledError:
                     raise
+                except (RedisError, OSError) as exc:
+                    log.warning("change feed: applying %s: %s; trying it again", change, exc)
+                    must_check = True
+                    break
                 except Exception:
-                    log.exception("change feed: applying %s failed; resynchronising", change)
-                    lost = True
+                    log.exception("change feed: applying %s failed; reloading", change)
+                    must_resync = True
+                    break
+                cursor = entry_id

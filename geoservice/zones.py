@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -232,7 +232,9 @@ class TenantZones:
         self.outer.put_many((i, outer_shape(s, self.exit_margin_m)) for i, s in live)
         self.shapes.update(live)
         for zone, _ in items:
-            self.zones[zone.zone_id] = zone
+            # The hot path needs the zone's facts, not its coordinates (the shape has them, GET
+            # reads Redis): at 10^5 zones the GeoJSON lists would cost tens of megabytes.
+            self.zones[zone.zone_id] = replace(zone, geometry={})
 
     def remove(self, zone_id: str) -> None:
         self.index.remove(zone_id)
