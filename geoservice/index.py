@@ -686,13 +686,9 @@ def _cover_polygon(
     return cells, boundary
 
 
-def _classify_boxes(
-    geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
-) -> tuple[Bool, Bool]:
-    """(candidate, interior) for many (polygon, cell) pairs, conservatively, against planar
-    lon/lat containment. A cell and its descendants lie in the spherical cap of `reach_rad`
-    around the cell centre, and the cap lies in a lon/lat box (all longitudes if it reaches a
-    pole): candidate if the box meets the polygon, interior if the box is inside it."""
+def _cap_boxes(clat: F64, clon: F64, reach_rad: F64) -> tuple[F64, F64, F64, F64, Bool]:
+    """Lon/lat boxes holding the spherical caps of `reach_rad` around the centres (all
+    longitudes where a cap reaches a pole; longitudes may run past +-180)."""
     rho = reach_rad + _EPS_RAD
     rho_deg = np.degrees(rho)
     ymin = clat - rho_deg - _EPS_DEG
@@ -703,8 +699,72 @@ def _classify_boxes(
     dlon = np.degrees(np.arcsin(np.minimum(1.0, ratio))) + _EPS_DEG
     xmin = np.where(polar, -180.0, clon - dlon)
     xmax = np.where(polar, 180.0, clon + dlon)
-    ymin = np.maximum(ymin, -90.0)
-    ymax = np.minimum(ymax, 90.0)
+    return xmin, np.maximum(ymin, -90.0), xmax, np.minimum(ymax, 90.0), polar
+
+
+class _AreaMask:
+    """Coarse lon/lat raster of where cells of the fine levels (res >= _FILTER_RES) may lie,
+    built from their res-_FILTER_RES ancestors. A batch computes H3 cells only for points on
+    marked pixels: pings far from every zone cost a few array operations."""
+
+    _MAX_PIXELS = 1 << 21
+
+    def __init__(self, anc: I64) -> None:
+        clat, clon = _centres(anc)
+        xmin, ymin, xmax, ymax, _ = _cap_boxes(
+            clat, clon, np.full(len(anc), _REACH_RAD[_FILTER_RES])
+        )
+        # boxes running past the antimeridian are marked on both sides
+        parts = [(np.maximum(xmin, -180.0), ymin, np.minimum(xmax, 180.0), ymax)]
+        west = xmin < -180.0
+        east = xmax > 180.0
+        parts.append((xmin[west] + 360.0, ymin[west], np.full(west.sum(), 180.0), ymax[west]))
+        parts.append((np.full(east.sum(), -180.0), ymin[east], xmax[east] - 360.0, ymax[east]))
+        x0, y0, x1, y1 = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        self.lon0 = float(x0.min())
+        self.lat0 = float(y0.min())
+        span_x = float(x1.max()) - self.lon0
+        span_y = float(y1.max()) - self.lat0
+        self.step = max(0.01, math.sqrt(span_x * span_y / self._MAX_PIXELS), 1e-9)
+        self.nx = int(span_x / self.step) + 2
+        self.ny = int(span_y / self.step) + 2
+        grid = np.zeros((self.ny, self.nx), np.bool_)
+        ix0 = np.floor((x0 - self.lon0) / self.step).astype(np.int64)
+        ix1 = np.floor((x1 - self.lon0) / self.step).astype(np.int64)
+        iy0 = np.floor((y0 - self.lat0) / self.step).astype(np.int64)
+        iy1 = np.floor((y1 - self.lat0) / self.step).astype(np.int64)
+        for a, b, c, d in zip(iy0.tolist(), iy1.tolist(), ix0.tolist(), ix1.tolist(), strict=True):
+            grid[a : b + 1, c : d + 1] = True
+        self.grid = grid.ravel()
+
+    def covers(self, lat: F64, lon: F64) -> Bool:
+        # the same longitude wrapped into [-180, 180], as the point's H3 cell would see it
+        lon_n = np.where((lon < -180.0) | (lon > 180.0), (lon + 180.0) % 360.0 - 180.0, lon)
+        out = self._pixels(lat, lon_n)
+        edge = np.abs(lon_n) == 180.0
+        if edge.any():
+            e = np.flatnonzero(edge)
+            out[e] |= self._pixels(lat[e], -lon_n[e])
+        return out
+
+    def _pixels(self, lat: F64, lon: F64) -> Bool:
+        ix = np.floor((lon - self.lon0) / self.step)
+        iy = np.floor((lat - self.lat0) / self.step)
+        inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
+        out = np.zeros(len(lat), np.bool_)
+        idx = (iy[inside] * self.nx + ix[inside]).astype(np.intp)
+        out[inside] = self.grid[idx]
+        return out
+
+
+def _classify_boxes(
+    geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
+) -> tuple[Bool, Bool]:
+    """(candidate, interior) for many (polygon, cell) pairs, conservatively, against planar
+    lon/lat containment. A cell and its descendants lie in the spherical cap of `reach_rad`
+    around the cell centre, and the cap lies in a lon/lat box (all longitudes if it reaches a
+    pole): candidate if the box meets the polygon, interior if the box is inside it."""
+    xmin, ymin, xmax, ymax, polar = _cap_boxes(clat, clon, reach_rad)
     boxes = shapely.box(xmin, ymin, xmax, ymax)
     cand = shapely.intersects(geoms, boxes)
     # boxes poking past the antimeridian also stand for their copy on the other side
@@ -939,12 +999,13 @@ class _Tables:
     # the same for batches: sorted ancestors and a bitmask over the fine levels per ancestor
     anc_all: I64
     anc_mask: I64
+    area: _AreaMask | None
 
     @staticmethod
     def build(cells: I64, codes: I64) -> _Tables:
         if len(cells) == 0:
             e = np.zeros(1, np.int64)
-            return _Tables((), e, e.data, 0, {}, (), e[:0], e[:0])
+            return _Tables((), e, e.data, 0, {}, (), e[:0], e[:0], None)
         order = np.lexsort((codes, cells))
         cells, codes = cells[order], codes[order]
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
@@ -992,8 +1053,9 @@ class _Tables:
                 zip(anc[starts].tolist(), (by_mask[m] for m in masks.tolist()), strict=True)
             )
             anc_all, anc_mask = anc[starts], masks
+        area = _AreaMask(anc_all) if len(anc_all) else None
         return _Tables(
-            tuple(levels), multi, multi.data, len(cells), fmap, coarse, anc_all, anc_mask
+            tuple(levels), multi, multi.data, len(cells), fmap, coarse, anc_all, anc_mask, area
         )
 
     def pairs(self) -> tuple[I64, I64]:
@@ -1249,10 +1311,17 @@ class ZoneIndex:
 
     def _hits(self, lat: F64, lon: F64, max_res: int) -> tuple[npt.NDArray[np.intp], list[str]]:
         """(point index, zone id) of every containing zone, sorted by point index."""
+        all_tables = self._all_tables()
+        base = all_tables[0]
+        sel: npt.NDArray[np.intp] | None = None
+        if len(all_tables) == 1 and not base.coarse_probes and base.area is not None:
+            # only points near some fine-level cell need their H3 cell
+            sel = np.flatnonzero(base.area.covers(lat, lon))
+            lat, lon = lat[sel], lon[sel]
         q = latlng_to_cells(lat, lon, max_res)
         pts_l: list[npt.NDArray[np.intp]] = []
         codes_l: list[I64] = []
-        for tables in self._all_tables():
+        for tables in all_tables:
             mask = np.zeros(len(q), np.int64)
             if len(tables.anc_all):
                 anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
@@ -1305,7 +1374,8 @@ class ZoneIndex:
         pts = pts[ok]
         order = np.argsort(pts, kind="stable")
         names: list[str] = self._zone_array()[slots[ok][order]].tolist()
-        return pts[order], names
+        pts = pts[order]
+        return (pts if sel is None else sel[pts]), names
 
     # -- internals --
 

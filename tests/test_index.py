@@ -494,3 +494,30 @@ def test_invalid_circles_are_refused(bad: Circle) -> None:
     with pytest.raises(ValueError, match="invalid circle"):
         idx.put_many([("y", Circle(0, 0, 100)), ("x", bad)])
     assert len(idx) == 0
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31))
+def test_small_zones_only_at_antimeridian_and_pole(seed: int) -> None:
+    # only fine resolutions in the index: batches skip points far from every zone
+    rng = np.random.default_rng(seed)
+    zones: dict[str, ZoneShape] = {}
+    for i in range(60):
+        lon = float(rng.choice([-1.0, 1.0]) * rng.uniform(179.97, 180.0))
+        zones[f"a{i}"] = Circle(float(rng.uniform(-0.02, 0.02)), lon, float(rng.uniform(50, 2000)))
+    for i in range(30):
+        zones[f"n{i}"] = Circle(
+            float(rng.uniform(89.97, 89.999)), float(rng.uniform(-180, 180)), 300.0
+        )
+        zones[f"p{i}"] = star_polygon(rng, float(rng.uniform(-0.02, 0.02)), 179.985, 0.005, 9)
+    idx = ZoneIndex()
+    idx.put_many(zones.items())
+    pts = [(float(rng.uniform(-0.03, 0.03)), float(x)) for x in rng.uniform(179.9, 180, 150)]
+    pts += [(float(rng.uniform(-0.03, 0.03)), float(x)) for x in rng.uniform(-180, -179.9, 150)]
+    pts += [(float(rng.uniform(-0.03, 0.03)), s * 180.0) for s in (1, -1) for _ in range(20)]
+    pts += [(float(rng.uniform(89.9, 90)), float(rng.uniform(-180, 180))) for _ in range(150)]
+    pts += [(90.0, 0.0), (0.0, 0.0), (-45.0, 10.0), (12.0, -179.0)]
+    assert check(idx, zones, pts + rim_points(rng, zones, 2)) > 0
+    # a batch where no point is near any zone
+    far = idx.lookup_many(np.array([10.0, -20.0, 30.0]), np.array([0.0, 50.0, -100.0]))
+    assert far == [[], [], []]
