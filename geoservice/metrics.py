@@ -20,7 +20,7 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "geoservice_http_request_duration_seconds",
     "Time from request to response",
-    ["route", "method"],
+    ["route", "method", "status"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 REJECTED_OVERLOAD = Counter(

@@ -229,3 +229,15 @@ async def test_overload_is_a_fast_503(make_client: AppClientFactory):
     await writer.wait_closed()
     await asyncio.sleep(0.1)
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_metrics_count_requests_and_latency_by_route_and_status(client):
+    await client.get("/healthz")
+    await client.get("/v1/tenant")
+    text = await (await client.get("/metrics")).text()
+    assert 'geoservice_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'geoservice_http_requests_total{method="GET",route="/v1/tenant",status="401"}' in text
+    assert (
+        'geoservice_http_request_duration_seconds_bucket{le="0.005",method="GET",'
+        'route="/healthz",status="200"}'
+    ) in text

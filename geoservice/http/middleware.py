@@ -142,7 +142,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         in_flight[0] -= 1
     metrics.REQUESTS.labels(route_name, request.method, str(response.status)).inc()
-    metrics.REQUEST_SECONDS.labels(route_name, request.method).observe(
+    metrics.REQUEST_SECONDS.labels(route_name, request.method, str(response.status)).observe(
         time.perf_counter() - started
     )
     return response
