@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from geoservice import keys
@@ -97,26 +97,33 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
 ROW_COUNTERS = ("enters", "exits", "dwells", "offers_issued", "redemptions")
 
 
+async def _hashes_by_hour(
+    store: Store, key_of: Callable[[int], str], from_ms: int, to_ms: int
+) -> list[tuple[int, dict[bytes, bytes]]]:
+    """The hourly hashes of [from_ms, to_ms), oldest first, in one round trip."""
+    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for hour in hours:
+            pipe.hgetall(key_of(hour))
+        return list(zip(hours, await pipe.execute(), strict=True))
+
+
 async def hourly(
     store: Store, tenant_id: str, from_ms: int, to_ms: int, zone_id: str | None
 ) -> list[dict[str, int | str]]:
     """Rows per zone and hour with any activity in [from_ms, to_ms), oldest hour first."""
-    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for hour in hours:
-            pipe.hgetall(keys.zone_stats(tenant_id, hour))
-        counters_by_hour = await pipe.execute()
     rows: list[dict[str, int | str]] = []
-    for hour, counters in zip(hours, counters_by_hour, strict=True):
+    by_hour = await _hashes_by_hour(
+        store, lambda hour: keys.zone_stats(tenant_id, hour), from_ms, to_ms
+    )
+    for hour, counters in by_hour:
         by_zone: dict[str, dict[str, int | str]] = {}
         for name, value in counters.items():
             zone, _, counter = name.decode().rpartition(":")
             if zone_id is not None and zone != zone_id:
                 continue
-            row = by_zone.setdefault(
-                zone,
-                {"zone_id": zone, "hour": hour, "unique_devices": 0} | {c: 0 for c in ROW_COUNTERS},
-            )
+            empty: dict[str, int | str] = {"zone_id": zone, "hour": hour, "unique_devices": 0}
+            row = by_zone.setdefault(zone, empty | {c: 0 for c in ROW_COUNTERS})
             row[counter] = int(value)
         rows.extend(by_zone[z] for z in sorted(by_zone))
     if rows:
@@ -208,13 +215,11 @@ async def hourly_by_segment(
     store: Store, tenant_id: str, from_ms: int, to_ms: int, zone_id: str | None
 ) -> list[dict[str, int | str]]:
     """Offers issued and redeemed per zone, CRM segment (at issue time) and hour."""
-    hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for hour in hours:
-            pipe.hgetall(keys.segment_stats(tenant_id, hour))
-        by_hour = await pipe.execute()
     rows: list[dict[str, int | str]] = []
-    for hour, counters in zip(hours, by_hour, strict=True):
+    by_hour = await _hashes_by_hour(
+        store, lambda hour: keys.segment_stats(tenant_id, hour), from_ms, to_ms
+    )
+    for hour, counters in by_hour:
         found: dict[tuple[str, str], dict[str, int | str]] = {}
         for name, value in counters.items():
             zone, segment, counter = name.decode().split("|")

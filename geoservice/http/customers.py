@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -15,7 +14,7 @@ from geoservice import customers
 from geoservice.customers import Interest, Profile
 from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.http.codec import read_model, respond
-from geoservice.http.routing import Auth, EndpointTable, caller
+from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import CUSTOMERS, SETTINGS, STORE, TENANTS
 from geoservice.http.wire import ID_PATTERN, EpochMs, Id, Out, Problem, Wire
 
@@ -128,13 +127,6 @@ class ProfilesImported(Out):
     imported: int
 
 
-def _path_customer_id(request: web.Request) -> str:
-    customer_id = request.match_info["customer_id"]
-    if not re.match(ID_PATTERN, customer_id):
-        raise ValidationFailed.of([FieldProblem("customer_id", f"must match {ID_PATTERN}")])
-    return customer_id
-
-
 @routes.route(
     "POST",
     "/v1/interests",
@@ -176,7 +168,7 @@ async def post_interests(request: web.Request) -> web.Response:
     responses={200: ConsentView, 401: Problem, 403: Problem},
 )
 async def put_consent(request: web.Request) -> web.Response:
-    customer_id = _path_customer_id(request)
+    customer_id = path_id(request, "customer_id")
     body, _ = await read_model(request, ConsentBody, request.app[SETTINGS].max_body_bytes)
     consent = await request.app[CUSTOMERS].record_consent(
         caller(request).tenant_id,
@@ -207,7 +199,7 @@ async def put_consent(request: web.Request) -> web.Response:
     responses={200: ProfileView, 401: Problem, 403: Problem},
 )
 async def put_profile(request: web.Request) -> web.Response:
-    customer_id = _path_customer_id(request)
+    customer_id = path_id(request, "customer_id")
     body, _ = await read_model(request, ProfileBody, request.app[SETTINGS].max_body_bytes)
     profile = body.profile()
     await request.app[CUSTOMERS].put_profiles(caller(request).tenant_id, [(customer_id, profile)])
@@ -255,7 +247,7 @@ async def import_profiles(request: web.Request) -> web.Response:
     responses={200: CustomerExport, 401: Problem, 403: Problem, 422: Problem},
 )
 async def export_customer(request: web.Request) -> web.Response:
-    customer_id = _path_customer_id(request)
+    customer_id = path_id(request, "customer_id")
     data = await customers.export(request.app[STORE], caller(request).tenant_id, customer_id)
     return respond(request, data)
 
@@ -269,6 +261,6 @@ async def export_customer(request: web.Request) -> web.Response:
     responses={204: None, 401: Problem, 403: Problem, 422: Problem},
 )
 async def erase_customer(request: web.Request) -> web.Response:
-    customer_id = _path_customer_id(request)
+    customer_id = path_id(request, "customer_id")
     await customers.erase(request.app[STORE], caller(request).tenant_id, customer_id)
     return web.Response(status=204)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from aiohttp import web
@@ -11,7 +10,7 @@ from pydantic import Field, model_validator
 from geoservice import keys
 from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.http.codec import read_model, respond, validate
-from geoservice.http.routing import Auth, EndpointTable, caller
+from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import OFFERS, SETTINGS, STORE
 from geoservice.http.wire import ID_PATTERN, EpochMs, Id, Out, Page, Problem, Wire
 from geoservice.offers import Offer, now_ms
@@ -101,13 +100,6 @@ class OfferPage(Out):
     next_cursor: str | None
 
 
-def _path_offer_id(request: web.Request) -> str:
-    offer_id = request.match_info["offer_id"]
-    if not re.match(ID_PATTERN, offer_id):
-        raise ValidationFailed.of([FieldProblem("offer_id", f"must match {ID_PATTERN}")])
-    return offer_id
-
-
 @routes.route(
     "PUT",
     "/v1/offers/{offer_id}",
@@ -119,7 +111,7 @@ def _path_offer_id(request: web.Request) -> str:
     description="Every zone id in zone_ids must be one of the tenant's zones (422 otherwise).",
 )
 async def put_offer(request: web.Request) -> web.Response:
-    offer_id = _path_offer_id(request)
+    offer_id = path_id(request, "offer_id")
     body, _ = await read_model(request, OfferBody, request.app[SETTINGS].max_body_bytes)
     tenant_id = caller(request).tenant_id
     if body.zone_ids:

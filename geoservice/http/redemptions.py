@@ -69,25 +69,30 @@ async def post_redemption(request: web.Request) -> web.Response:
 MAX_STATS_HOURS = 31 * 24
 
 
-class StatsQuery(BaseModel):
+class HourRange(BaseModel):
+    """?from=&to= of the statistics: at most 31 days, hour by hour."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     from_: EpochMs = Field(alias="from", description="epoch ms, inclusive")
     to: EpochMs = Field(description="epoch ms, exclusive; at most 31 days after from")
+
+    @model_validator(mode="after")
+    def _range(self) -> HourRange:
+        if self.to <= self.from_:
+            raise ValueError("to must be after from")
+        if self.to - self.from_ > MAX_STATS_HOURS * stats.HOUR_MS:
+            raise ValueError("at most 31 days at once")
+        return self
+
+
+class StatsQuery(HourRange):
     zone_id: Id | None = None
     group_by: Literal["zone", "segment"] = Field(
         default="zone",
         description="zone: per zone and hour; segment: offers issued and redeemed per zone, "
         "CRM segment (as the customer's profile had it at issue) and hour",
     )
-
-    @model_validator(mode="after")
-    def _range(self) -> StatsQuery:
-        if self.to <= self.from_:
-            raise ValueError("to must be after from")
-        if self.to - self.from_ > MAX_STATS_HOURS * stats.HOUR_MS:
-            raise ValueError("at most 31 days at once")
-        return self
 
 
 class StatsRow(Out):
@@ -131,19 +136,8 @@ async def get_stats(request: web.Request) -> web.Response:
     return respond(request, {"stats": rows})
 
 
-class FlowsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    from_: EpochMs = Field(alias="from", description="epoch ms, inclusive")
-    to: EpochMs = Field(description="epoch ms, exclusive; at most 31 days after from")
-
-    @model_validator(mode="after")
-    def _range(self) -> FlowsQuery:
-        if self.to <= self.from_:
-            raise ValueError("to must be after from")
-        if self.to - self.from_ > MAX_STATS_HOURS * stats.HOUR_MS:
-            raise ValueError("at most 31 days at once")
-        return self
+class FlowsQuery(HourRange):
+    pass
 
 
 class FlowRow(Out):

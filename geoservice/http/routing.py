@@ -15,8 +15,9 @@ from enum import StrEnum
 from aiohttp import web
 from pydantic import BaseModel
 
-from geoservice.errors import Forbidden, Unauthorized
+from geoservice.errors import FieldProblem, Forbidden, Unauthorized, ValidationFailed
 from geoservice.http.state import SETTINGS, TENANTS
+from geoservice.http.wire import ID_PATTERN
 from geoservice.tenants import Caller
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -128,6 +129,14 @@ def _guard(handler: Handler, auth: Auth) -> Handler:
 
     guarded.__name__ = handler.__name__
     return guarded
+
+
+def path_id(request: web.Request, name: str) -> str:
+    """A client-chosen id from the path, checked like every id (422 naming it otherwise)."""
+    value = request.match_info[name]
+    if not re.match(ID_PATTERN, value):
+        raise ValidationFailed.of([FieldProblem(name, f"must match {ID_PATTERN}")])
+    return value
 
 
 def caller(request: web.Request) -> Caller:

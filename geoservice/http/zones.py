@@ -12,10 +12,10 @@ from pydantic import Field, ValidationError, field_validator
 from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.geometry import GeometryError, ZoneShape
 from geoservice.http.codec import read_body, read_model, respond, validate, validation_problems
-from geoservice.http.routing import Auth, EndpointTable, caller
+from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import SETTINGS, ZONES
 from geoservice.http.tenants import check_timezone
-from geoservice.http.wire import ID_PATTERN, Id, Out, Page, Problem, Wire
+from geoservice.http.wire import Id, Out, Page, Problem, Wire
 from geoservice.zones import WEEKDAYS, Zone, ZoneDraft, build_zone, now_ms, problems_of
 
 routes = EndpointTable()
@@ -203,13 +203,6 @@ def _index_of(field: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _path_zone_id(request: web.Request) -> str:
-    zone_id = request.match_info["zone_id"]
-    if not re.match(ID_PATTERN, zone_id):
-        raise ValidationFailed.of([FieldProblem("zone_id", f"must match {ID_PATTERN}")])
-    return zone_id
-
-
 @routes.route(
     "PUT",
     "/v1/zones/{zone_id}",
@@ -220,7 +213,7 @@ def _path_zone_id(request: web.Request) -> str:
     responses={200: StoredZone, 201: StoredZone, 401: Problem, 403: Problem},
 )
 async def put_zone(request: web.Request) -> web.Response:
-    zone_id = _path_zone_id(request)
+    zone_id = path_id(request, "zone_id")
     data, _ = await read_body(request, request.app[SETTINGS].max_body_bytes)
     # Off the event loop: a 10,000-vertex polygon takes tens of milliseconds to check.
     zone, shape = await asyncio.to_thread(_check_one, data, zone_id, "")
