@@ -1126,13 +1126,14 @@ class ZoneIndex:
         self.max_cells_per_zone = max_cells_per_zone
         self._zone_slot: dict[str, int] = {}
         self._slot_zone: list[str] = []
-        self._slot_zone_np: npt.NDArray[np.object_] | None = None
+        # zone id and prepared polygon per slot as object arrays, for the batch path
+        self._slot_zone_np = np.empty(16, dtype=object)
         self._alive = np.zeros(16, np.uint8)
         self._alive_mv = self._alive.data
         self._circ = np.zeros(16 * _CIRCLE_COLS, np.float64)
         self._circ_mv = self._circ.data
         self._polys: dict[int, shapely.Polygon | shapely.MultiPolygon] = {}
-        self._poly_np: npt.NDArray[np.object_] | None = None
+        self._poly_np = np.empty(16, dtype=object)
         self._tables = _Tables.build(np.empty(0, np.int64), np.empty(0, np.int64))
         self._dead_entries = 0
         self._overlay: dict[int, tuple[int, ...]] = {}
@@ -1390,18 +1391,9 @@ class ZoneIndex:
         return ts
 
     def _zone_array(self) -> npt.NDArray[np.object_]:
-        if self._slot_zone_np is None or len(self._slot_zone_np) != len(self._slot_zone):
-            arr = np.empty(len(self._slot_zone), dtype=object)
-            arr[:] = self._slot_zone
-            self._slot_zone_np = arr
         return self._slot_zone_np
 
     def _poly_array(self) -> npt.NDArray[np.object_]:
-        if self._poly_np is None or len(self._poly_np) != len(self._slot_zone):
-            arr = np.empty(len(self._slot_zone), dtype=object)
-            for s, g in self._polys.items():
-                arr[s] = g
-            self._poly_np = arr
         return self._poly_np
 
     def _replan(self) -> None:
@@ -1428,6 +1420,12 @@ class ZoneIndex:
         slot_n = np.zeros(new_cap, np.int32)
         slot_n[:cap] = self._slot_n
         self._slot_n = slot_n
+        names = np.empty(new_cap, dtype=object)
+        names[:cap] = self._slot_zone_np
+        self._slot_zone_np = names
+        polys = np.empty(new_cap, dtype=object)
+        polys[:cap] = self._poly_np
+        self._poly_np = polys
         # swap views after the new arrays are complete
         self._circ, self._circ_mv = circ, circ.data
         self._alive, self._alive_mv = alive, alive.data
@@ -1449,15 +1447,16 @@ class ZoneIndex:
             if not isinstance(s, Circle):
                 shapely.prepare(s)
                 self._polys[first + j] = s
+                self._poly_np[first + j] = s
+        self._slot_zone_np[first : first + len(ids)] = ids
         self._slot_zone.extend(ids)
-        self._poly_np = None
         return first
 
     def _retire(self, slot: int) -> None:
         self._dead_entries += int(self._slot_n[slot])
         self._slot_n[slot] = 0
         self._polys.pop(slot, None)
-        self._poly_np = None
+        self._poly_np[slot] = None
 
     def _switch(self, ids: list[str], first: int) -> None:
         for j, zid in enumerate(ids):
@@ -1554,6 +1553,7 @@ class ZoneIndex:
                 old = self._zone_slot.get(zid)
                 if old is not None:
                     keep_alive[old] = 0
+                    self._slot_n[old] = 0
         if extra is not None:
             parts_c.append(extra[0])
             parts_k.append(extra[1])
