@@ -284,10 +284,8 @@ async def erase(store: Store, tenant_id: str, customer_id: str) -> int:
     doomed = [
         keys.customer_consent(tenant_id, customer_id),
         keys.interests(tenant_id, customer_id),
-        keys.customer_devices(tenant_id, customer_id),
         keys.customer_profile(tenant_id, customer_id),
         keys.offer_counts(holder),
-        keys.issued_ids(holder),
     ]
     for device in devices:
         device_holder = keys.device_tag(device)
@@ -298,15 +296,19 @@ async def erase(store: Store, tenant_id: str, customer_id: str) -> int:
             keys.caps(holder, device),
             keys.caps(device_holder, device),
             keys.offer_counts(device_holder),
-            keys.issued_ids(device_holder),
         ]
         issued += [i.decode() for i in await redis.zrange(keys.issued_ids(device_holder), 0, -1)]
     doomed += [keys.issued_offer(i) for i in issued]
+    # The indexes that lead to everything else go last: the keys are on several nodes, and when
+    # one fails part way (a failover) the client, answered 503, repeats the erasure, which must
+    # still find every device, issued offer and stream entry.
+    doomed += [keys.issued_ids(keys.device_tag(d)) for d in devices]
+    doomed += [keys.issued_ids(holder), keys.customer_devices(tenant_id, customer_id)]
     removed = 0
-    for key in doomed:
-        removed += int(await redis.delete(key))
     if devices:
         removed += await _forget_devices_in_stream(store, tenant_id, set(devices))
+    for key in doomed:
+        removed += int(await redis.delete(key))
     return removed
 
 

@@ -22,10 +22,11 @@ import pytest
 from aiohttp import ClientTimeout
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from geoservice import keys
 from geoservice.fences import device_pseudonym
-from geoservice.http.state import OFFERS, ZONES
+from geoservice.http.state import OFFERS, STORE, ZONES
 from tests.cluster import RedisClusterHarness
 from tests.conftest import OPERATOR, AppClientFactory, TenantKeys, make_settings
 
@@ -293,26 +294,28 @@ async def everything_per_node(cluster: RedisClusterHarness) -> dict[int, bytes]:
     return dumps
 
 
-async def test_erasure_leaves_no_key_or_value_of_the_customer_on_any_node(
-    make_client: AppClientFactory, cluster: RedisClusterHarness
-):
-    first, second = await two_instances(make_client, cluster)
+ERASED = "c-1001"
+ERASED_DEVICES = ("phone-1", "phone-2")
+
+
+async def customer_with_everything(first, second) -> TenantKeys:
+    """c-1001 with interests, consent, two phones walked through all three stores on both
+    instances, three offers of which one redeemed; and c-2002, who must survive the erasure."""
     shop = await shop_on(first, second, {"welcome": {"fallback": True, "max_per_customer": 5}})
     response = await first.post(
         "/v1/interests",
-        json={"events": [{"customer_id": "c-1001", "kind": "view", "ts": now_ms()}]},
+        json={"events": [{"customer_id": ERASED, "kind": "view", "ts": now_ms()}]},
         headers=shop.secret,
     )
     assert response.status == 202, await response.text()
     response = await second.put(
-        "/v1/customers/c-1001/consent",
+        f"/v1/customers/{ERASED}/consent",
         json={"location": True, "marketing": True, "source": "app"},
         headers=shop.secret,
     )
     assert response.status == 200, await response.text()
     t0 = now_ms()
     tokens = []
-    # Two phones of the customer, walking through all three stores, on both instances.
     for step, (api, device, position) in enumerate(
         [
             (first, "phone-1", STORES[0]),
@@ -322,7 +325,7 @@ async def test_erasure_leaves_no_key_or_value_of_the_customer_on_any_node(
         ]
     ):
         response = await api.post(
-            "/v1/pings", json=ping_body(device, "c-1001", position, t0 + step), headers=shop.sdk
+            "/v1/pings", json=ping_body(device, ERASED, position, t0 + step), headers=shop.sdk
         )
         assert response.status == 200, await response.text()
         tokens += [o["token"] for o in (await response.json())["offers"]]
@@ -331,46 +334,80 @@ async def test_erasure_leaves_no_key_or_value_of_the_customer_on_any_node(
         "/v1/redemptions", json={"token": tokens[0], "store_id": "s-0"}, headers=shop.secret
     )
     assert response.status == 200
-    # Someone else, who must survive the erasure.
     response = await second.post(
         "/v1/pings", json=ping_body("phone-3", "c-2002", STORES[0], t0), headers=shop.sdk
     )
     assert response.status == 200
+    return shop
 
-    pseudonyms = [
-        device_pseudonym(PSEUDONYM_KEY, TENANT, d).encode() for d in ("phone-1", "phone-2")
+
+def traces(dumps: dict[int, bytes]) -> list[int]:
+    """The nodes holding anything of the erased customer or of its devices."""
+    pseudonyms = [device_pseudonym(PSEUDONYM_KEY, TENANT, d).encode() for d in ERASED_DEVICES]
+    return [
+        port
+        for port, dump in dumps.items()
+        if ERASED.encode() in dump or any(p in dump for p in pseudonyms)
     ]
-    before = b"".join((await everything_per_node(cluster)).values())
-    assert b"c-1001" in before
-    assert all(p in before for p in pseudonyms)
 
-    def traces(dumps: dict[int, bytes]) -> list[int]:
-        """The nodes holding anything of the customer or of its devices."""
-        return [
-            port
-            for port, dump in dumps.items()
-            if b"c-1001" in dump or any(p in dump for p in pseudonyms)
-        ]
 
-    primaries = set(await cluster.primary_ports())
-    # The customer's data is spread over more than one primary: the erasure has to go to each.
-    assert len(set(traces(await everything_per_node(cluster))) & primaries) > 1
-
-    assert (await first.delete("/v1/customers/c-1001", headers=shop.secret)).status == 204
-
+async def assert_erased(cluster: RedisClusterHarness, api, shop: TenantKeys) -> None:
     # Primaries at once; replicas as soon as replication has carried the deletions over.
+    primaries = set(await cluster.primary_ports())
     dumps = await everything_per_node(cluster)
     assert set(traces(dumps)) & primaries == set()
-    await eventually(lambda: _no_trace(cluster, traces), timeout_s=5, step_s=0.1)
+    await eventually(lambda: _no_trace(cluster), timeout_s=5, step_s=0.1)
     assert any(b"c-2002" in dump for dump in dumps.values())
-    export = await (await second.get("/v1/customers/c-1001/export", headers=shop.secret)).json()
+    export = await (await api.get(f"/v1/customers/{ERASED}/export", headers=shop.secret)).json()
     assert export["devices"] == []
     assert export["issued_offers"] == []
     assert export["consent"] is None
 
 
-async def _no_trace(cluster: RedisClusterHarness, clean: Callable[[dict[int, bytes]], list[int]]):
-    return clean(await everything_per_node(cluster)) == []
+async def test_erasure_leaves_no_key_or_value_of_the_customer_on_any_node(
+    make_client: AppClientFactory, cluster: RedisClusterHarness
+):
+    first, second = await two_instances(make_client, cluster)
+    shop = await customer_with_everything(first, second)
+    dumps = await everything_per_node(cluster)
+    # The customer's data is spread over more than one primary: the erasure has to go to each.
+    assert len(set(traces(dumps)) & set(await cluster.primary_ports())) > 1
+    assert b"c-2002" in b"".join(dumps.values())
+
+    assert (await first.delete(f"/v1/customers/{ERASED}", headers=shop.secret)).status == 204
+    await assert_erased(cluster, second, shop)
+
+
+async def test_an_erasure_cut_short_by_a_failure_is_completed_by_repeating_it(
+    make_client: AppClientFactory, cluster: RedisClusterHarness, monkeypatch: pytest.MonkeyPatch
+):
+    """A node lost part way through (simulated: the fourth DEL fails as a dead node would):
+    the client gets 503 and repeats, and the repeat still finds everything to delete."""
+    first, second = await two_instances(make_client, cluster)
+    shop = await customer_with_everything(first, second)
+    redis = first.app[STORE].redis
+    real_delete = redis.delete
+    calls = 0
+
+    async def delete_until_the_node_dies(*names: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        return int(await real_delete(*names))
+
+    monkeypatch.setattr(redis, "delete", delete_until_the_node_dies)
+    response = await first.delete(f"/v1/customers/{ERASED}", headers=shop.secret)
+    assert response.status == 503
+    assert response.headers["Retry-After"]
+    assert traces(await everything_per_node(cluster))  # part of it is still there
+    monkeypatch.undo()
+    assert (await first.delete(f"/v1/customers/{ERASED}", headers=shop.secret)).status == 204
+    await assert_erased(cluster, second, shop)
+
+
+async def _no_trace(cluster: RedisClusterHarness) -> bool:
+    return traces(await everything_per_node(cluster)) == []
 
 
 # -- a primary killed under load ------------------------------------------------------------------
@@ -437,9 +474,14 @@ async def test_a_primary_killed_under_load(
         pseudonym = device_pseudonym(PSEUDONYM_KEY, TENANT, f"dev-{i}")
         owners[await cluster.primary_of_key(keys.device_state(pseudonym))].add(i)
         owners[await cluster.primary_of_key(keys.customer_consent(TENANT, f"cust-{i}"))].add(i)
-    victim = max(
-        (p for p in await cluster.primary_ports() if p != tenant_primary),
-        key=lambda p: len(owners[p]),
+    feed_primary = await cluster.primary_of_key(keys.CHANGES)
+    victim = (
+        feed_primary  # the change feed goes down with it, and must come back by itself
+        if feed_primary != tenant_primary
+        else max(
+            (p for p in await cluster.primary_ports() if p != tenant_primary),
+            key=lambda p: len(owners[p]),
+        )
     )
     affected = owners[victim]
 
@@ -528,6 +570,12 @@ async def test_a_primary_killed_under_load(
         return True
 
     await eventually(all_answer, timeout_s=20, step_s=0.2)
+    # The change feed follows again: a zone written on one instance reaches the other.
+    late = (47.50, 8.80)
+    response = await first.put("/v1/zones/late", json=store_zone("s-9", *late), headers=shop.secret)
+    assert response.status == 201
+    directory = second.app[ZONES].directory
+    await eventually(lambda: directory.lookup(TENANT, *late), timeout_s=1.0)
 
     # -- figures (printed, not asserted) --
     failures = [s for s in sent if s.status == 503]
@@ -538,7 +586,8 @@ async def test_a_primary_killed_under_load(
         f"\nfailover: {len(sent)} ping requests, {len(failures)} answered 503 "
         f"({sum(1 for s in failures if s.device in affected)} of devices whose keys were on the "
         f"killed primary, {sum(1 for s in failures if s.device not in affected)} of the "
-        f"{DEVICES - len(affected)} others)"
+        f"{DEVICES - len(affected)} others); the killed primary held "
+        + ("the change feed" if victim == feed_primary else "not the change feed")
     )
     if first_503 is not None and last_503 is not None:
         print(
