@@ -360,7 +360,7 @@ def test_merge_keeps_answers_after_many_incremental_changes() -> None:
     idx.put_many(base.items())
     zones.update(base)
     # enough single puts and removes to trigger overlay merges
-    for _ in range(6000):
+    for _ in range(3000):
         zid = f"b{int(rng.integers(0, 2500))}"
         if rng.uniform() < 0.3:
             idx.remove(zid)
