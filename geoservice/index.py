@@ -888,9 +888,13 @@ def cover(shape: ZoneShape, max_cells: int = MAX_CELLS_PER_ZONE) -> Cover:
         est = estimate_cell_count(shape)
         if est > max_cells:
             raise ZoneTooLargeError(f"circle needs ~{est} cells, cap is {max_cells}")
-        _, cells, boundary = _cover_circles(
-            np.array([shape.lat]), np.array([shape.lon]), np.array([shape.radius_m])
+        # one circle: h3's own grid_disk is cheaper than setting up the vectorized lattice
+        reach = np.array([shape.radius_m / R_EARTH_M])
+        res, ks = _circle_res_k(reach)
+        owner, cells, boundary = _cover_circles_h3(
+            np.array([float(shape.lat)]), np.array([float(shape.lon)]), reach, res, ks
         )
+        _, cells, boundary = _compact_interiors(owner, cells, boundary)
         return Cover(cells, boundary)
     cells, boundary = _cover_polygon(shape, max_cells)
     return Cover(cells, boundary)
