@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 WORKERS ?= 1
 
-.PHONY: install run test lint bench bench-index bench-pings clean redis-server chromium
+.PHONY: install run test test-cluster lint bench bench-index bench-pings clean redis-server chromium
 
 install: $(STAMP) redis-server
 
@@ -53,6 +53,10 @@ lint: $(STAMP)
 
 test: install chromium lint
 	$(BIN)/pytest -q
+
+# Only the Redis Cluster tests (a 3+3 node cluster on loopback; `make test` runs them too).
+test-cluster: install
+	$(BIN)/pytest -q -s -m cluster
 
 bench-index: install
 	$(BIN)/python -m loadtest.bench_index
