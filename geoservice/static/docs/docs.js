@@ -44,6 +44,13 @@ function typeLabel(schema) {
 }
 
 function constraints(schema) {
+  const members = schema.anyOf || schema.oneOf;
+  if (members) {
+    // `Id | null`: the limits are the non-null member's; a default sits on the union itself.
+    const inner = members.filter((m) => m.type !== "null").map((m) => constraints(resolve(m))).filter(Boolean);
+    const own = schema.default !== undefined && schema.default !== null ? [`default ${JSON.stringify(schema.default)}`] : [];
+    return [...new Set([...inner, ...own])].join("; ");
+  }
   const parts = [];
   const add = (label, value) => value !== undefined && parts.push(`${label} ${value}`);
   add("≥", schema.minimum);
@@ -61,6 +68,13 @@ function constraints(schema) {
 }
 
 // Schemas nested inside a property: the object or array element, or the members of a union.
+// Descriptions use `code` spans (as in docs/api.md): shown as code, never parsed as HTML.
+function prose(tag, attributes, text) {
+  const node = el(tag, attributes);
+  String(text).split("`").forEach((part, i) => node.append(i % 2 ? el("code", {}, part) : part));
+  return node;
+}
+
 function nested(schema) {
   const members = schema.anyOf || schema.oneOf;
   if (members) return members.filter((m) => m.type !== "null");
@@ -91,7 +105,7 @@ function renderSchema(raw, depth = 0, trail = []) {
         required.has(name) ? el("span", { class: "req" }, "required") : null, " ",
         el("span", { class: "constraint" }, constraints(resolved)),
         resolved.description || property.description
-          ? el("div", { class: "muted small" }, property.description || resolved.description)
+          ? prose("div", { class: "muted small" }, property.description || resolved.description)
           : null,
       );
       const inner = nested(property).map(resolve).filter((s) => s.properties || nested(s).some((n) => resolve(n).properties));
@@ -129,7 +143,7 @@ function renderParameters(parameters) {
     el("td", {}, p.required ? "required" : "optional"),
     el("td", {}, el("span", { class: "type" }, typeLabel(p.schema)), " ",
       el("span", { class: "constraint" }, constraints(resolve(p.schema || {}))),
-      p.schema && p.schema.description ? el("div", { class: "muted small" }, p.schema.description) : null),
+      p.schema && p.schema.description ? prose("div", { class: "muted small" }, p.schema.description) : null),
   ));
   return el("table", { class: "params" },
     el("thead", {}, el("tr", {}, el("th", {}, "name"), el("th", {}, "in"), el("th", {}, ""), el("th", {}, "schema"))),
@@ -144,14 +158,14 @@ function renderOperation(method, path, op) {
   const keys = (op.security || []).flatMap((s) => Object.keys(s)).map((k) => KEY_NAMES[k] || k);
   const body = el("div", { class: "body" },
     el("p", { class: "security" }, keys.length ? `Key: ${keys.join(" or ")}` : "No key"),
-    op.description ? el("p", {}, op.description) : null,
+    op.description ? prose("p", {}, op.description) : null,
   );
   if (op.parameters && op.parameters.length) body.append(el("h3", {}, "Parameters"), renderParameters(op.parameters));
   if (op.requestBody) body.append(el("h3", {}, "Request body"), renderContent(op.requestBody.content));
   body.append(el("h3", {}, "Answers"));
   for (const [status, answer] of Object.entries(op.responses || {})) {
     const line = el("div", { class: "prop" },
-      el("span", { class: "status-code" }, status), " ", answer.description || "");
+      el("span", { class: "status-code" }, status), " ", prose("span", {}, answer.description || ""));
     if (answer.headers) line.append(el("span", { class: "muted small" }, ` (headers: ${Object.keys(answer.headers).join(", ")})`));
     const content = answer.content || {};
     const media = Object.keys(content);
