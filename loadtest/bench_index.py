@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tree-points", type=int, default=20_000)
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--geosearch-queries", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
