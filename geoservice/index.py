@@ -38,6 +38,7 @@ __all__ = [
     "ZoneTooLargeError",
     "cover",
     "estimate_cell_count",
+    "latlng_to_cells",
 ]
 
 R_EARTH_M = 6_371_008.8
