@@ -11,7 +11,7 @@ const POLL_MS = 2000;
 const ACTIVE_MS = 5 * 60 * 1000;
 const MAX_LISTED_ZONES = 300;
 
-const state = { key: "", zones: [], selected: null, timer: null, polling: false };
+const state = { key: "", zones: [], selected: null, timer: null, polling: false, newestEventId: null };
 const map = new ZoneMap($("map"), { onZoneClick: (id) => selectZone(id) });
 
 function show(view) {
@@ -238,12 +238,17 @@ function fillTable(table, rows, emptyText) {
   table.dataset.count = String(rows.length);
 }
 
+// Returns whether anything new arrived since the last look.
 async function refreshEvents() {
   const page = await call("GET", "/v1/events", { key: state.key, query: { limit: 50 } });
+  const newest = page.events.length ? page.events[0].id : "";
+  const changed = newest !== state.newestEventId;
+  state.newestEventId = newest;
   fillTable($("events"), page.events.map((e) => eventRow(e)), "No events yet: send a ping from the simulator.");
   const now = Date.now();
   map.markActive(page.events.filter((e) => now - e.at < ACTIVE_MS).map((e) => e.zone_id));
   $("events-status").textContent = `updated ${clockTime(now)}`;
+  return changed;
 }
 
 async function refreshZoneEvents() {
@@ -261,8 +266,9 @@ async function poll() {
   if (!state.key || state.polling) return;
   state.polling = true;
   try {
-    await refreshEvents();
-    await refreshZoneEvents();
+    // A zone's own list can mean reading far back in a busy stream: only when something new
+    // arrived (selecting a zone reads it at once anyway).
+    if (await refreshEvents()) await refreshZoneEvents();
   } catch (error) {
     if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
       logout(); // the key was rotated
