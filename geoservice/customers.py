@@ -227,9 +227,13 @@ async def export(store: Store, tenant_id: str, customer_id: str) -> dict[str, An
                 "last_ping_at": int(state[b"last_ts"]) if b"last_ts" in state else None,
             }
         )
+    issued_ids = [i.decode() for i in raw_issued]
+    for device in devices:  # offers a linked device got while pinging without the customer id
+        device_issued = await redis.zrange(keys.issued_ids(keys.device_tag(device)), 0, -1)
+        issued_ids += [i.decode() for i in device_issued]
     issued = []
     redemptions = []
-    for issued_id in (i.decode() for i in raw_issued):
+    for issued_id in issued_ids:
         record = await redis.hgetall(keys.issued_offer(issued_id))
         if record:
             view = issued_view(record, issued_id)

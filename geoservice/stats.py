@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from geoservice import keys
 from geoservice.store import Store
@@ -21,6 +23,19 @@ class ZoneEvent:
     zone_id: str
     store_id: str | None
     at_ms: int
+
+
+# Events carry device pseudonyms: none stays longer than a day (webhooks retry for 24 h), and
+# a busy tenant's stream is capped in length as well.
+EVENT_STREAM_KEEP_MS = 25 * HOUR_MS
+
+
+def _append_event(pipe: Any, tenant_id: str, fields: dict[str, Any]) -> None:
+    stream = keys.events(tenant_id)
+    pipe.xadd(stream, fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+    # Entry ids are insertion times: exact trimming by age costs only what it removes.
+    oldest_kept_ms = int(time.time() * 1000) - EVENT_STREAM_KEEP_MS
+    pipe.xtrim(stream, minid=f"{oldest_kept_ms}-0", approximate=False)
 
 
 def hour_of(ts_ms: int) -> int:
@@ -41,7 +56,7 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
             }
             if event.store_id is not None:
                 fields["store"] = event.store_id
-            pipe.xadd(keys.events(tenant_id), fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+            _append_event(pipe, tenant_id, fields)
             hour = hour_of(event.at_ms)
             counters = keys.zone_stats(tenant_id, hour)
             pipe.hincrby(counters, f"{event.zone_id}:{COUNTER_OF[event.type]}", 1)
@@ -84,7 +99,7 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
     if event.store_id is not None:
         fields["store"] = event.store_id
     async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(keys.events(tenant_id), fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+        _append_event(pipe, tenant_id, fields)
         pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
         pipe.expire(key, STATS_TTL_S)
         by_segment = keys.segment_stats(tenant_id, hour_of(event.at_ms))

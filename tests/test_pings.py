@@ -376,3 +376,12 @@ async def test_nan_latitude_is_422(fast_client, shop):
 async def test_secret_key_cannot_ping(fast_client, shop):
     status, _ = await post(fast_client, TenantKeys("acme", shop.sdk_key, shop.secret_key), [])
     assert status == 403
+
+
+async def test_event_stream_keeps_no_entry_older_than_a_day(fast_client, shop, redis: Redis):
+    old_ms = int(time.time() * 1000) - 26 * 3_600_000
+    await redis.xadd("geo:events:{t:acme}", {"type": "enter", "device": "old"}, id=f"{old_ms}-0")
+    await post(fast_client, shop, [fix(north(0), base_ts())])
+    entries = await redis.xrange("geo:events:{t:acme}")
+    assert [fields[b"device"] for _, fields in entries if fields[b"device"] == b"old"] == []
+    assert len(entries) == 1
