@@ -1306,11 +1306,13 @@ class ZoneIndex:
             pts, names = self._hits(lat, lon, max_res)
             if not names:
                 return [[] for _ in range(n)]
-            # hits sorted by point: each point's answer is one slice of the name list
-            bounds = np.zeros(n + 1, np.int64)
-            np.cumsum(np.bincount(pts, minlength=n), out=bounds[1:])
-            bounds_l: list[int] = bounds.tolist()
-            return [names[a:b] for a, b in itertools.pairwise(bounds_l)]
+            # hits sorted by point: each hit point's answer is one slice of the name list
+            out: list[list[str]] = [[] for _ in itertools.repeat(None, n)]
+            first = np.flatnonzero(np.r_[True, pts[1:] != pts[:-1]])
+            ends = np.r_[first[1:], len(pts)]
+            for i, a, b in zip(pts[first].tolist(), first.tolist(), ends.tolist(), strict=True):
+                out[i] = names[a:b]
+            return out
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -1353,7 +1355,10 @@ class ZoneIndex:
         pts = np.concatenate(pts_l)
         codes = np.concatenate(codes_l)
         slots = codes >> 2
-        ok = self._alive[slots].astype(np.bool_)
+        if self._dead_entries:
+            ok = self._alive[slots].astype(np.bool_)
+        else:
+            ok = np.ones(len(slots), np.bool_)
         bnd = (codes & 1).astype(np.bool_) & ok
         circ_b = bnd & ((codes & 2) == 0)
         if circ_b.any():
