@@ -1320,11 +1320,14 @@ class ZoneIndex:
     def _hits(self, lat: F64, lon: F64, max_res: int) -> tuple[npt.NDArray[np.intp], list[str]]:
         """(point index, zone id) of every containing zone, sorted by point index."""
         all_tables = self._all_tables()
-        base = all_tables[0]
         sel: npt.NDArray[np.intp] | None = None
-        if len(all_tables) == 1 and not base.coarse_probes and base.area is not None:
+        if all(not t.coarse_probes for t in all_tables):
             # only points near some fine-level cell need their H3 cell
-            sel = np.flatnonzero(base.area.covers(lat, lon))
+            near = np.zeros(len(lat), np.bool_)
+            for t in all_tables:
+                if t.area is not None:
+                    near |= t.area.covers(lat, lon)
+            sel = np.flatnonzero(near)
             lat, lon = lat[sel], lon[sel]
         q = latlng_to_cells(lat, lon, max_res)
         pts_l: list[npt.NDArray[np.intp]] = []
