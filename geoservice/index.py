@@ -1122,10 +1122,19 @@ _CIRCLE_COLS = 4  # x, y, z of the centre unit vector, squared chord of the radi
 
 
 class ZoneIndex:
-    """Zones of one tenant. Not thread-safe for concurrent mutation: call put/remove and
-    lookups from one thread (the event loop). Every method is synchronous and a put computes
-    the whole cover before it touches any visible state, so a lookup sees the old or the new
-    zone, never a partial cover, and a failed put (e.g. ZoneTooLargeError) changes nothing."""
+    """Zones of one tenant.
+
+    Threading: not thread-safe; call everything from one thread (the event loop). Every
+    method is synchronous, and a put computes the whole cover before it touches any visible
+    state, so a lookup sees the old or the new zone, never a partial cover, and a failed put
+    (ZoneTooLargeError, invalid circle) changes nothing.
+
+    Costs (country workload, 105k zones, 2-core EPYC): put_many ~25 us per zone; put ~0.2 ms;
+    remove ~2 us. Puts and removes accumulate in an overlay; when it passes 1/32 of the table
+    entries (or dead entries pass 1/4), the next put/remove rebuilds the tables, which blocks
+    for ~0.8 s per 1.4M entries. Bulk changes are cheaper through put_many. The first batch
+    lookup after a change re-tables the overlay (~10 ms at 40k entries). Memory: ~1 KB per
+    zone (tables ~25 B per cell entry, zone ids, prepared polygons)."""
 
     def __init__(self, max_cells_per_zone: int = MAX_CELLS_PER_ZONE) -> None:
         self.max_cells_per_zone = max_cells_per_zone
