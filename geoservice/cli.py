@@ -66,6 +66,9 @@ async def _import_zones(redis_url: str, tenant_id: str, path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The index's batch path does small matrix products: BLAS threads would only compete with
+    # the event loop. Set before numpy is first imported (the app is imported lazily below).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
