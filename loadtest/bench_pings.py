@@ -188,7 +188,7 @@ async def drive(
                 if response.status == 200:
                     answer = decode(raw)
                 elif recorded:
-                    _sample(result, key, raw.decode(errors="replace")[:300])
+                    _sample(result, key, _readable(raw, response.content_type))
         except TimeoutError:
             key = "timeout"
         except aiohttp.ClientError as exc:
@@ -267,6 +267,14 @@ async def drive(
             await asyncio.wait(set(in_flight), timeout=5.0)
     result.per_second = per_second
     return result
+
+
+def _readable(raw: bytes, content_type: str) -> str:
+    """An error body as text, whichever codec it came in."""
+    if "msgpack" in content_type:
+        with contextlib.suppress(ValueError, msgpack.UnpackException):
+            return orjson.dumps(msgpack.unpackb(raw), default=str).decode()[:300]
+    return raw.decode(errors="replace")[:300]
 
 
 def _sample(result: LoadResult, key: str, text: str) -> None:
