@@ -145,3 +145,33 @@ def flow_devices(tenant_id: str, hour_ms: int, pair: str) -> str:
 def segment_stats(tenant_id: str, hour_ms: int) -> str:
     """Offers issued and redeemed per zone and CRM segment: fields '<zone>|<segment>|<counter>'."""
     return f"{PREFIX}seg-stats:{{t:{tenant_id}}}:{hour_ms}"
+
+
+def webhooks(tenant_id: str) -> str:
+    """Hash webhook_id -> registration (msgpack: url, events, secret, times)."""
+    return f"{PREFIX}webhooks:{{t:{tenant_id}}}"
+
+
+def webhook_ids(tenant_id: str) -> str:
+    """Sorted set of the tenant's webhook ids (all scores 0): ordered paging by id."""
+    return f"{PREFIX}webhook-ids:{{t:{tenant_id}}}"
+
+
+def webhook_group(webhook_id: str) -> str:
+    """Name of the webhook's consumer group on its tenant's event stream (not a key)."""
+    return f"wh:{webhook_id}"
+
+
+def webhook_lease(tenant_id: str, webhook_id: str) -> str:
+    """Which instance delivers for the webhook now (SET NX PX, renewed while it works)."""
+    return f"{PREFIX}wh-lease:{{t:{tenant_id}}}:{webhook_id}"
+
+
+def webhook_retry(tenant_id: str, webhook_id: str) -> str:
+    """Hash of the failing batch: first entry id, first attempt time, attempts (for takeover)."""
+    return f"{PREFIX}wh-retry:{{t:{tenant_id}}}:{webhook_id}"
+
+
+def webhook_log(tenant_id: str, webhook_id: str) -> str:
+    """List of the last delivery attempts, newest first (capped)."""
+    return f"{PREFIX}wh-log:{{t:{tenant_id}}}:{webhook_id}"

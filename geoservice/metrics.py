@@ -28,6 +28,23 @@ REJECTED_OVERLOAD = Counter(
     "Requests refused with 503 because too many were in flight",
 )
 
+# Webhooks: by tenant or webhook would be too many series; the delivery log per webhook has that.
+WEBHOOK_DELIVERIES = Counter(
+    "geoservice_webhook_deliveries_total",
+    "Webhook POSTs by outcome: sent (2xx) or failed per attempt; retried: attempts repeating "
+    "an earlier one; dropped: batches given up after the retry window",
+    ["outcome"],
+)
+WEBHOOK_EVENTS_DROPPED = Counter(
+    "geoservice_webhook_events_dropped_total",
+    "Events in webhook batches given up after the retry window",
+)
+WEBHOOK_LAG_SECONDS = Histogram(
+    "geoservice_webhook_lag_seconds",
+    "Time from an event entering the event stream to its receiver answering 2xx",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0),
+)
+
 
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

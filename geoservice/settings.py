@@ -6,7 +6,9 @@ failing later inside a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +24,20 @@ class SettingsError(ValueError):
 class SigningKey:
     kid: str
     secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTimings:
+    """Pacing of webhook deliveries: production values; tests shorten them."""
+
+    timeout_s: float = 10.0
+    backoff_base_ms: int = 1_000
+    backoff_cap_ms: int = 300_000
+    give_up_after_s: float = 86_400.0
+    # The lease outlives a stalled holder by this much; pending entries idle this long are
+    # claimed by the next holder (never longer than the lease, so a crash is always covered).
+    lease_ms: int = 15_000
+    claim_idle_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +64,9 @@ class Settings:
     redemption_burst: int = 100
     change_poll_block_ms: int = 500
     log_level: str = "INFO"
+    # Hostnames and CIDR networks webhooks may reach although they are internal.
+    webhook_allow: tuple[str, ...] = ()
+    webhook_timings: WebhookTimings = field(default_factory=WebhookTimings)
     # True when the keys above were generated for this run because the embedded, throw-away
     # store is in use; the CLI says so on start-up.
     generated_secrets: tuple[str, ...] = ()
@@ -88,6 +107,8 @@ ENV_VARS: dict[str, str] = {
     "bad tokens alike (default 20): stops guessing and offer farming.",
     "GEOSERVICE_REDEMPTION_BURST": "Burst of redemption attempts per tenant (default 100).",
     "GEOSERVICE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR (default INFO).",
+    "GEOSERVICE_WEBHOOK_ALLOW": "Hostnames and CIDR networks webhooks may reach although they "
+    "are loopback, private or otherwise internal, comma-separated (default none).",
 }
 
 
@@ -135,6 +156,27 @@ def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
             raise SettingsError(f"GEOSERVICE_SIGNING_KEYS: key id {kid!r} appears twice")
         keys.append(SigningKey(kid, secret.encode()))
     return tuple(keys)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*$")
+
+
+def parse_webhook_allow(raw: str) -> tuple[str, ...]:
+    entries: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            entries.append(str(ipaddress.ip_network(item, strict=False)))
+            continue
+        except ValueError:
+            pass
+        if not _HOSTNAME.match(item):
+            raise SettingsError(
+                f"GEOSERVICE_WEBHOOK_ALLOW: {item!r} is neither a hostname nor a CIDR network"
+            )
+        entries.append(item.lower())
+    return tuple(entries)
 
 
 def validate_redis_url(url: str) -> str:
@@ -212,5 +254,6 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         redemption_rate_per_s=_float(env, "GEOSERVICE_REDEMPTION_RATE_PER_S", 20.0, 0.001, 1e6),
         redemption_burst=_int(env, "GEOSERVICE_REDEMPTION_BURST", 100, 1, 1_000_000),
         log_level=log_level,
+        webhook_allow=parse_webhook_allow(env.get("GEOSERVICE_WEBHOOK_ALLOW", "")),
         generated_secrets=tuple(generated),
     )

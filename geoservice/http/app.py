@@ -16,7 +16,16 @@ from geoservice import changes
 from geoservice.breaker import CircuitBreaker
 from geoservice.customers import Customers
 from geoservice.decisions import OfferDesk
-from geoservice.http import customers, offers, operations, pings, redemptions, tenants, zones
+from geoservice.http import (
+    customers,
+    offers,
+    operations,
+    pings,
+    redemptions,
+    tenants,
+    webhooks,
+    zones,
+)
 from geoservice.http.events import routes as event_routes
 from geoservice.http.middleware import BREAKER, IN_FLIGHT, edge
 from geoservice.http.openapi import build_spec
@@ -32,6 +41,7 @@ from geoservice.http.state import (
     SETTINGS,
     STORE,
     TENANTS,
+    WEBHOOKS,
     ZONES,
 )
 from geoservice.offers import OfferCatalog, Offers
@@ -39,6 +49,7 @@ from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
+from geoservice.webhooks import AllowList, Deliveries, HttpSender, Webhooks, open_session
 from geoservice.zones import ZoneDirectory, Zones
 
 log = logging.getLogger(__name__)
@@ -51,6 +62,7 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     offers.routes,
     customers.routes,
     redemptions.routes,
+    webhooks.routes,
     event_routes,
     page_routes,
 )
@@ -78,6 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = orjson.dumps(build_spec(all_endpoints()))
     app.cleanup_ctx.append(store_context)
     app.cleanup_ctx.append(domain_context)
+    app.cleanup_ctx.append(webhooks_context)
     app.cleanup_ctx.append(background_context)
     return app
 
@@ -102,6 +115,20 @@ async def domain_context(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def webhooks_context(app: web.Application) -> AsyncIterator[None]:
+    """Registrations, and one delivery task per webhook (started as the cache learns of them)
+    with the HTTP client session they share."""
+    settings = app[SETTINGS]
+    allow = AllowList.of(settings.webhook_allow)
+    app[WEBHOOKS] = Webhooks(app[STORE], allow)
+    session = open_session(allow)
+    sender = HttpSender(session, allow, settings.webhook_timings.timeout_s)
+    deliveries = Deliveries(app[STORE], app[WEBHOOKS], sender, settings)
+    yield
+    await deliveries.close()
+    await session.close()
+
+
 async def _load_and_follow(app: web.Application) -> None:
     """Initial load of every cache, then follow the change feed; retries while Redis is away."""
     store, tenants_, zones_, offers_ = app[STORE], app[TENANTS], app[ZONES], app[OFFERS]
@@ -113,11 +140,13 @@ async def _load_and_follow(app: web.Application) -> None:
             zone_count += await zones_.load_tenant(tenant_id)
             offer_count += await offers_.load_tenant(tenant_id)
         log.info("loaded %d zones and %d offers", zone_count, offer_count)
+        await app[WEBHOOKS].load(await tenants_.list_ids())
 
     async def apply(change: changes.Change) -> None:
         await tenants_.apply_change(change)
         await zones_.apply_change(change)
         await offers_.apply_change(change)
+        await app[WEBHOOKS].apply_change(change)
 
     while True:
         try:

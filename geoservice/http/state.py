@@ -12,6 +12,7 @@ from geoservice.pings import Pings
 from geoservice.settings import Settings
 from geoservice.store import Store
 from geoservice.tenants import Tenants
+from geoservice.webhooks import Webhooks
 from geoservice.zones import Zones
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,3 +25,4 @@ CUSTOMERS = web.AppKey("customers", Customers)
 READY = web.AppKey("ready", asyncio.Event)
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
 OPENAPI = web.AppKey("openapi", bytes)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
