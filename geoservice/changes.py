@@ -81,6 +81,12 @@ async def follow(
     must_resync = False
     must_check = False
     while True:
+        # On Python 3.11 asyncio.wait_for (inside redis-py's sends) swallows a cancellation that
+        # arrives as its inner call completes; the loop would then go on forever and shutdown
+        # would wait on it. Seen often on a Redis Cluster, where every XREAD is a fresh send.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         try:
             if must_resync:
                 cursor = await last_id(redis)
