@@ -453,6 +453,19 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Log an attempt (KEYS[2], capped at ARGV[3]) and note the retry state (KEYS[3], ARGV[4..]) only
+# while the webhook exists (KEYS[1] field ARGV[1]): a delete racing an attempt leaves no orphans.
+_RECORD = """
+if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('lpush', KEYS[2], ARGV[2])
+redis.call('ltrim', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+if #ARGV > 3 then
+  redis.call('hset', KEYS[3], 'first_id', ARGV[4], 'first_attempt_ms', ARGV[5], 'attempts', ARGV[6])
+end
+return 1
+"""
 
 
 def event_payload(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any] | None:
@@ -531,6 +544,7 @@ class Deliveries:
         self.block_ms = max(10, min(1000, self.settings.redis_timeout_ms // 2))
         self._renew_lease = self.store.redis.register_script(_RENEW)
         self._release_lease = self.store.redis.register_script(_RELEASE)
+        self._record = self.store.redis.register_script(_RECORD)
         self.webhooks.listeners.append(self.refresh)
 
     def refresh(self, key: Key) -> None:
@@ -652,6 +666,9 @@ class Deliveries:
                         count=MAX_BATCH,
                     )
                     live = [(i, f) for i, f in entries if f]
+                    if len(live) < len(entries):
+                        # Redis 6.2 claims entries trimmed from the stream as nil: let them go.
+                        await redis.xack(stream, group, *[i for i, f in entries if not f])
                     if live:
                         await self._deliver(key, live, recovered=True)
                     if cursor in (b"0-0", "0-0"):
@@ -741,8 +758,22 @@ class Deliveries:
             if attempt:
                 metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
             outcome = "delivered" if delivered else "dropped" if give_up else "failed"
-            await self._log(
-                key, started_ms, status, error, len(events), duration_ms, attempt, outcome
+            attempt_log = {
+                "at": started_ms,
+                "status": status,
+                "error": error,
+                "events": len(events),
+                "duration_ms": duration_ms,
+                "attempt": attempt + 1,
+                "outcome": outcome,
+            }
+            retry_state: list[str | int] = []
+            if outcome == "failed":
+                # Kept in Redis so that an instance taking over goes on with this batch's clock.
+                retry_state = [first_id, first_attempt_ms, attempt + 1]
+            await self._record(
+                keys=[keys.webhooks(tenant_id), keys.webhook_log(*key), retry_key],
+                args=[webhook_id, orjson.dumps(attempt_log), LOG_LENGTH, *retry_state],
             )
             if delivered:
                 done_ms = now_ms()
@@ -776,14 +807,6 @@ class Deliveries:
                 error,
                 pause_s,
             )
-            await redis.hset(
-                retry_key,
-                mapping={
-                    "first_id": first_id,
-                    "first_attempt_ms": first_attempt_ms,
-                    "attempts": attempt,
-                },
-            )
             await asyncio.sleep(pause_s)
 
     async def _ack(self, key: Key, entries: list[Entry], *, clear_retry: bool) -> None:
@@ -796,29 +819,3 @@ class Deliveries:
                 pipe.delete(keys.webhook_retry(tenant_id, webhook_id))
             # A group deleted meanwhile answers NOGROUP: nothing left to acknowledge then.
             await pipe.execute(raise_on_error=False)
-
-    async def _log(
-        self,
-        key: Key,
-        at_ms: int,
-        status: int | None,
-        error: str | None,
-        event_count: int,
-        duration_ms: int,
-        attempt: int,
-        outcome: str,
-    ) -> None:
-        entry = {
-            "at": at_ms,
-            "status": status,
-            "error": error,
-            "events": event_count,
-            "duration_ms": duration_ms,
-            "attempt": attempt + 1,
-            "outcome": outcome,
-        }
-        log_key = keys.webhook_log(*key)
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(log_key, orjson.dumps(entry))
-            pipe.ltrim(log_key, 0, LOG_LENGTH - 1)
-            await pipe.execute()

@@ -333,11 +333,11 @@ async def test_an_instance_killed_mid_batch_loses_nothing(
     first = await start_instance(make_client)
     shop = await create_tenant(first)
     receiver = await receivers()
-    receiver.plan = ["hang"]
+    receiver.plan = [503, "hang"]
     await register(first, shop, "crm", receiver.url)
     walked = await walk(first, shop, "d-1", 1)
-    await until(lambda: len(receiver.requests) == 1)  # in flight, hanging
-    in_flight_ids = [e["id"] for e in _events_of(receiver.requests[0]["body"])]
+    await until(lambda: len(receiver.requests) == 2)  # the retry is in flight, hanging
+    in_flight_ids = [e["id"] for e in _events_of(receiver.requests[1]["body"])]
     second = await start_instance(make_client)
     await first.close()
 
@@ -347,6 +347,13 @@ async def test_an_instance_killed_mid_batch_loses_nothing(
     assert [e["id"] for e in delivered][: len(in_flight_ids)] == in_flight_ids
     assert [(e["type"], e["at"]) for e in delivered] == walked
     await until(lambda: _no_pending(redis, "acme", "crm"))
+    # The batch's retry count (and clock) went on where the killed instance left it.
+    response = await second.get("/v1/webhooks/crm/deliveries", headers=shop.secret)
+    oldest = (await response.json())["deliveries"][::-1]
+    assert [(d["attempt"], d["status"], d["outcome"]) for d in oldest[:2]] == [
+        (1, 503, "failed"),
+        (2, 200, "delivered"),
+    ]
 
 
 async def _walk_from(api: Any, tenant: TenantKeys) -> list[tuple[str, int]]:
