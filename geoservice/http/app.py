@@ -148,7 +148,11 @@ async def _load_and_follow(app: web.Application) -> None:
         await offers_.apply_change(change)
         await app[WEBHOOKS].apply_change(change)
 
+    task = asyncio.current_task()
     while True:
+        # redis-py can turn a cancellation into a connection error: do not retry past one.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         try:
             start_id = await changes.last_id(store.redis)
             await resync()

@@ -99,13 +99,13 @@ def build_spec(endpoints: list[Endpoint]) -> dict[str, Any]:
             }
         statuses = dict(endpoint.responses)
         if endpoint.body is not None:
-            statuses.setdefault(400, Problem)
             statuses.setdefault(413, Problem)
             statuses.setdefault(415, Problem)
             statuses.setdefault(422, Problem)
         # Any request can be malformed below the API (a request line over 8 KiB, a bad header):
-        # the HTTP parser answers 400 before a route is chosen.
-        statuses.setdefault(400, None)
+        # the HTTP parser answers that 400 in plain text before a route is chosen. An
+        # undecodable body is the service's own 400, a problem document.
+        statuses[400] = Problem
         statuses.setdefault(406, Problem)
         statuses.setdefault(503, Problem)
         for status, model in sorted(statuses.items()):
@@ -117,6 +117,8 @@ def build_spec(endpoints: list[Endpoint]) -> dict[str, Any]:
                     else ("application/json", "application/msgpack")
                 )
                 answer["content"] = _content(_ref(model), media)
+                if status == 400:
+                    answer["content"]["text/plain"] = {"schema": {"type": "string"}}
             elif isinstance(model, str):
                 served = {"type": "object"} if model.endswith("json") else {"type": "string"}
                 answer["content"] = {model: {"schema": served}}

@@ -254,7 +254,7 @@ async def delete_zone(request: web.Request) -> web.Response:
     auth=Auth.SECRET,
     tag="zones",
     query=Page,
-    responses={200: ZonePage, 400: Problem, 401: Problem, 403: Problem, 422: Problem},
+    responses={200: ZonePage, 401: Problem, 403: Problem, 422: Problem},
 )
 async def list_zones(request: web.Request) -> web.Response:
     page = validate(Page, dict(request.query))
