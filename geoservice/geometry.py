@@ -18,6 +18,7 @@ defines "inside", and every longitude in it lies in [-180, 180]:
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import threading
@@ -443,6 +444,9 @@ def default_timezone(lat: float, lon: float) -> str:
             from timezonefinder import TimezoneFinder
 
             _tz_finder = TimezoneFinder()
+            # Its data files are memory-mapped: closed at exit, not left to the interpreter's
+            # teardown (which warns about every unclosed file).
+            atexit.register(_tz_finder.cleanup)
         name: str | None = _tz_finder.timezone_at(lng=lon, lat=lat)
     if name:
         return name
