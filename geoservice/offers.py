@@ -1,9 +1,14 @@
 """Offers: the retailer's campaigns (stored in Redis, cached per instance like zones), and the
 decision of which one, if any, an event earns: the gates (freshness, consent, opening hours,
-campaign window) and the ranking by the customer's decayed interests."""
+campaign window) and the ranking by the customer's decayed interests.
+
+Writes are shielded from cancellation: a request cancelled half-way (client gone, deadline) still
+finishes the write, this instance's copy and the change-feed entry, so no instance is left behind.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import time
 from collections.abc import Sequence
@@ -199,6 +204,10 @@ class Offers:
         self.catalog = catalog
 
     async def put(self, tenant_id: str, offer: Offer) -> bool:
+        # Shielded: a write a cancelled request began is finished whole (see the module doc).
+        return await asyncio.shield(self._put(tenant_id, offer))
+
+    async def _put(self, tenant_id: str, offer: Offer) -> bool:
         async with self.store.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.offers(tenant_id), offer.offer_id, offer.pack())
             pipe.zadd(keys.offer_ids(tenant_id), {offer.offer_id: 0})
@@ -214,6 +223,10 @@ class Offers:
         return Offer.unpack(raw)
 
     async def delete(self, tenant_id: str, offer_id: str) -> None:
+        # Shielded: a write a cancelled request began is finished whole (see the module doc).
+        return await asyncio.shield(self._delete(tenant_id, offer_id))
+
+    async def _delete(self, tenant_id: str, offer_id: str) -> None:
         async with self.store.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.offers(tenant_id), offer_id)
             pipe.zrem(keys.offer_ids(tenant_id), offer_id)

@@ -4,10 +4,14 @@ in-memory H3 index per tenant on every instance.
 Redis is the truth (one hash of zone records and one sorted set of ids per tenant, both under the
 tenant's hash tag so a bulk import is one atomic transaction, on a cluster too). The in-memory
 directory is a cache rebuilt at start-up and refreshed from the change feed.
+
+Writes are shielded from cancellation: a request cancelled half-way (client gone, deadline) still
+finishes the write, this instance's copy and the change-feed entry, so no instance is left behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -318,6 +322,10 @@ class Zones:
         self.directory = directory
 
     async def put(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> bool:
+        # Shielded: a write a cancelled request began is finished whole (see the module doc).
+        return await asyncio.shield(self._put(tenant_id, zone, shape))
+
+    async def _put(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> bool:
         """Create or replace; True when created."""
         async with self.store.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.zones(tenant_id), zone.zone_id, zone.pack())
@@ -328,6 +336,12 @@ class Zones:
         return bool(added)
 
     async def put_many(
+        self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]
+    ) -> tuple[int, int]:
+        # Shielded: a write a cancelled request began is finished whole (see the module doc).
+        return await asyncio.shield(self._put_many(tenant_id, items))
+
+    async def _put_many(
         self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]
     ) -> tuple[int, int]:
         """All-or-nothing bulk write (one MULTI on the tenant's slot); (created, updated)."""
@@ -351,6 +365,10 @@ class Zones:
         return Zone.unpack(zone_id, raw)
 
     async def delete(self, tenant_id: str, zone_id: str) -> None:
+        # Shielded: a write a cancelled request began is finished whole (see the module doc).
+        return await asyncio.shield(self._delete(tenant_id, zone_id))
+
+    async def _delete(self, tenant_id: str, zone_id: str) -> None:
         async with self.store.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.zones(tenant_id), zone_id)
             pipe.zrem(keys.zone_ids(tenant_id), zone_id)
