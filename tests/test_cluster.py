@@ -29,6 +29,7 @@ from geoservice.fences import device_pseudonym
 from geoservice.http.state import OFFERS, STORE, ZONES
 from tests.cluster import RedisClusterHarness
 from tests.conftest import OPERATOR, AppClientFactory, TenantKeys, make_settings
+from tests.redis_state import flatten, state_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -268,25 +269,7 @@ async def test_zone_changes_reach_the_other_instance_within_a_second(
 async def everything_on(node: Redis) -> bytes:
     """Every key and every value on one node (READONLY lets a replica answer for its keys)."""
     await node.execute_command("READONLY")
-    dump = b""
-    async for key in node.scan_iter(count=1000):
-        dump += key + b"\n"
-        kind = await node.type(key)
-        if kind == b"hash":
-            dump += b"".join(k + b"=" + v for k, v in (await node.hgetall(key)).items())
-        elif kind == b"zset":
-            dump += b"".join(await node.zrange(key, 0, -1))
-        elif kind == b"set":
-            dump += b"".join(await node.smembers(key))
-        elif kind == b"string":
-            dump += await node.get(key) or b""
-        elif kind == b"list":
-            dump += b"".join(await node.lrange(key, 0, -1))
-        elif kind == b"stream":
-            for _, fields in await node.xrange(key):
-                dump += b"".join(k + b"=" + v for k, v in fields.items())
-        dump += b"\n"
-    return dump
+    return flatten(await state_of(node))
 
 
 async def everything_per_node(cluster: RedisClusterHarness) -> dict[int, bytes]:

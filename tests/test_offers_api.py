@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from geoservice.settings import SigningKey
 from geoservice.tokens import TokenClaims, sign
 from tests.conftest import AppClientFactory, TenantFactory, TenantKeys
+from tests.redis_state import flatten, state_of
 
 LAT, LON = 47.3717, 8.5392  # Bahnhofstrasse
 LAT2, LON2 = 47.3780, 8.5400  # a second store ~700 m north
@@ -423,23 +424,7 @@ async def test_interests_validation_and_lookback(api, shop):
 
 
 async def scan_everything(redis: Redis) -> bytes:
-    dump = b""
-    async for key in redis.scan_iter():
-        dump += key + b"\n"
-        kind = await redis.type(key)
-        if kind == b"hash":
-            dump += b"".join(k + b"=" + v for k, v in (await redis.hgetall(key)).items())
-        elif kind == b"zset":
-            dump += b"".join(await redis.zrange(key, 0, -1))
-        elif kind == b"set":
-            dump += b"".join(await redis.smembers(key))
-        elif kind == b"string":
-            dump += await redis.get(key) or b""
-        elif kind == b"stream":
-            for _, fields in await redis.xrange(key):
-                dump += b"".join(k + b"=" + v for k, v in fields.items())
-        dump += b"\n"
-    return dump
+    return flatten(await state_of(redis))
 
 
 async def test_export_then_erasure_leaves_nothing(api, shop, redis: Redis):

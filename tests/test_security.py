@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from geoservice.http.app import all_endpoints
 from geoservice.http.routing import Auth
 from tests.conftest import OPERATOR, AppClientFactory, TenantFactory, TenantKeys, bearer
+from tests.redis_state import state_of
 
 LAT, LON = 47.3717, 8.5392
 
@@ -125,25 +126,14 @@ async def test_every_keyed_route_is_401_without_or_with_an_unknown_key(client):
 
 
 async def tenant_state(redis: Redis, tenant_id: str) -> dict[bytes, object]:
-    """Every key that belongs to the tenant (its tag or its customers' tag), with its value."""
-    state: dict[bytes, object] = {}
-    async for key in redis.scan_iter():
-        if f"t:{tenant_id}}}".encode() not in key and f"c:{tenant_id}:".encode() not in key:
-            continue
-        if b"events:" in key or b"redeem-rate" in key:
-            continue  # A's attempts are A's: its own stream and rate bucket
-        kind = await redis.type(key)
-        if kind == b"hash":
-            state[key] = await redis.hgetall(key)
-        elif kind == b"zset":
-            state[key] = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"set":
-            state[key] = await redis.smembers(key)
-        elif kind == b"string":
-            state[key] = await redis.get(key)
-        else:
-            state[key] = kind
-    return state
+    """Every key that belongs to the tenant (its tag or its customers' tag), with its value;
+    not A's own attempts (its event stream and rate bucket)."""
+
+    def belongs(key: bytes) -> bool:
+        ours = f"t:{tenant_id}}}".encode() in key or f"c:{tenant_id}:".encode() in key
+        return ours and b"events:" not in key and b"redeem-rate" not in key
+
+    return await state_of(redis, belongs)
 
 
 @pytest.fixture

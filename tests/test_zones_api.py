@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from geoservice.http.state import ZONES
 from tests.conftest import AppClientFactory, TenantFactory
+from tests.redis_state import state_of
 
 ZRH = (8.5392, 47.3717)  # lon, lat
 
@@ -43,20 +44,7 @@ def square(zone_id: str, lon: float, lat: float, side_deg: float = 0.01):
 
 async def snapshot(redis: Redis) -> dict[bytes, object]:
     """Every key and value of our test Redis except the change feed."""
-    state: dict[bytes, object] = {}
-    async for key in redis.scan_iter():
-        if key == b"geo:changes":
-            continue
-        kind = await redis.type(key)
-        if kind == b"hash":
-            state[key] = await redis.hgetall(key)
-        elif kind == b"zset":
-            state[key] = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"set":
-            state[key] = await redis.smembers(key)
-        else:
-            state[key] = kind
-    return state
+    return await state_of(redis, lambda key: key != b"geo:changes")
 
 
 async def test_put_creates_then_replaces_with_computed_area(client, make_tenant: TenantFactory):
