@@ -58,6 +58,10 @@ test: install chromium lint
 test-cluster: install
 	$(BIN)/pytest -q -s -m cluster
 
+# The full benchmark: a ramp of rates, knees, Redis round trips, offers (loadtest/RESULTS.md).
+bench: install
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
 bench-index: install
 	$(BIN)/python -m loadtest.bench_index
 

@@ -82,6 +82,9 @@ class LoadResult:
     unfinished: int = 0  # still in flight at the hard stop
     max_in_flight: int = 0
     per_second: list[dict[str, float]] = field(default_factory=list)
+    # Offers issued, and the latency of the requests that got one (they do more Redis work).
+    offers: int = 0
+    offer_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
     generator_cpu_s: float = 0.0
     window_s: float = 0.0
 
@@ -103,6 +106,9 @@ class LoadResult:
             "events_total": dict(sorted(self.events.items())),
             "events_per_s": {k: round(n / d, 2) for k, n in sorted(self.events.items())},
             "ignored": dict(sorted(self.ignored.items())),
+            "offers_total": self.offers,
+            "offers_per_s": round(self.offers / d, 2),
+            "offer_latency_ms": _percentiles(self.offer_latency_us),
             "generator_cpu_percent": round(
                 100 * self.generator_cpu_s / max(self.window_s, 1e-9), 1
             ),
@@ -134,13 +140,15 @@ async def drive(
     config: LoadConfig,
     *,
     on_window: Callable[[bool], None] | None = None,
+    customer_of: Callable[[int], str | None] | None = None,
 ) -> LoadResult:
     """Send every device's pings at their intended times, whatever the service's pace.
 
     Latency runs from the intended send time, so a request that waited (behind a slow service,
     in the connection pool or in a late generator) counts its wait. Only requests intended
     inside [warmup, warmup + duration) are recorded. `on_window(True/False)` is called when
-    the recorded window opens and closes (resource sampling hooks onto it).
+    the recorded window opens and closes (resource sampling hooks onto it). `customer_of(i)`,
+    when given, is the customer_id device i pings with (None: an anonymous device).
     """
     loop = asyncio.get_running_loop()
     result = LoadResult(config)
@@ -177,6 +185,9 @@ async def drive(
             else [city.fix(device, now_s)]
         )
         body: dict[str, Any] = {"device_id": device.device_id, "pings": [f.wire() for f in fixes]}
+        customer = customer_of(index) if customer_of else None
+        if customer is not None:
+            body["customer_id"] = customer
         if not device.consented:
             body["consent"] = {"location": True, "marketing": True}
         key = "200"
@@ -217,6 +228,10 @@ async def drive(
             result.events[event["type"]] += 1
         for item in answer.get("ignored", ()):
             result.ignored[item["reason"]] += 1
+        offers = len(answer.get("offers", ()))
+        if offers:
+            result.offers += offers
+            _record(result.offer_latency_us, latency)
 
     connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=config.connections)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)

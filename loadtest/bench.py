@@ -1,0 +1,582 @@
+"""`make bench`: the full benchmark. Starts geoservice, loads the city and its offers, ramps
+single pings then batches open-loop, finds the knees, counts Redis round trips per no-event ping."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import random
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+
+from loadtest.bench_pings import (
+    JSON,
+    LoadConfig,
+    LoadResult,
+    ResourceWatch,
+    Service,
+    ZoneProbe,
+    create_tenant,
+    drive,
+    import_zones,
+    machine,
+    scan_log,
+    source_version,
+    wait_all_workers_see,
+)
+from loadtest.city import City, split_zone_count
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SINGLE_P99_MS = 10.0
+BATCH_P99_MS = 20.0
+# Commands the service's Lua scripts issue: inside a script they are not round trips of their own.
+SCRIPT_COMMANDS = frozenset(
+    [
+        "del",
+        "exists",
+        "expire",
+        "get",
+        "hdel",
+        "hget",
+        "hgetall",
+        "hmget",
+        "hset",
+        "incr",
+        "pexpire",
+        "zadd",
+    ]
+)
+ROUND_TRIP_STARTERS = frozenset({"evalsha", "eval", "fcall", "multi"})
+NOT_ROUND_TRIPS = frozenset({"exec", "info"})  # EXEC closes a MULTI's trip; INFO is ours
+SEGMENTS = ("premium", "family", "students", "outdoor")
+PRODUCTS = 60
+
+
+# -- the offer workload ----------------------------------------------------------------------
+
+
+def customer_of(share: float, customers: int) -> Callable[[int], str | None]:
+    """Device i pings as a customer for `share` of the devices (spread, not the first ones)."""
+    cut = round(share * 1000)
+
+    def pick(index: int) -> str | None:
+        return f"cust-{index % customers:06d}" if (index * 7919) % 1000 < cut else None
+
+    return pick
+
+
+OFFERS: dict[str, dict[str, Any]] = {
+    "coffee": {"title": "Coffee 2 for 1", "product_ids": [f"p-{i}" for i in range(0, 20)]},
+    "shoes": {"title": "10 % on shoes", "product_ids": [f"p-{i}" for i in range(20, 40)]},
+    "books": {"title": "A free bookmark", "product_ids": [f"p-{i}" for i in range(40, 60)]},
+    "welcome": {"title": "Welcome in", "fallback": True},
+}
+AUDIENCE_OFFER = (
+    "premium-birthday",
+    {
+        "title": "Premium: a birthday treat",
+        "fallback": True,
+        "priority": 5,
+        "audience": {"segments": ["premium"], "birthday_within_days": 30},
+    },
+)
+
+
+async def _call(
+    session: aiohttp.ClientSession, method: str, url: str, key: str, body: Any, ok: set[int]
+) -> Any:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": JSON}
+    async with session.request(method, url, data=orjson.dumps(body), headers=headers) as resp:
+        text = await resp.text()
+        if resp.status not in ok:
+            raise RuntimeError(f"{method} {url}: {resp.status} {text[:500]}")
+        return orjson.loads(text) if text else None
+
+
+async def set_audience_offer(
+    session: aiohttp.ClientSession, base: str, secret: str, on: bool
+) -> None:
+    offer_id, offer = AUDIENCE_OFFER
+    url = f"{base}/v1/offers/{offer_id}"
+    if on:
+        await _call(session, "PUT", url, secret, {**offer, "max_per_customer": 1000}, {200, 201})
+    else:
+        await _call(session, "DELETE", url, secret, None, {204, 404})
+
+
+async def load_offers(
+    session: aiohttp.ClientSession, base: str, secret: str, customers: int, seed: int
+) -> dict[str, Any]:
+    """Offers, interests (views and newsletter clicks) and CRM profiles for `customers`.
+    Caps are raised so offers keep flowing over a run that reuses the same devices."""
+    rng = random.Random(seed)
+    await _call(
+        session,
+        "PATCH",
+        f"{base}/v1/tenant",
+        secret,
+        {"max_offers_per_day": 1000, "zone_cooldown_s": 0},
+        {200},
+    )
+    for offer_id, offer in OFFERS.items():
+        body = {**offer, "max_per_customer": 1000}
+        await _call(session, "PUT", f"{base}/v1/offers/{offer_id}", secret, body, {200, 201})
+    now_ms = int(time.time() * 1000)
+    events: list[dict[str, Any]] = []
+    for c in range(customers):
+        for _ in range(rng.randint(1, 8)):
+            events.append(
+                {
+                    "customer_id": f"cust-{c:06d}",
+                    "kind": "newsletter_click" if rng.random() < 0.3 else "view",
+                    "product_id": f"p-{rng.randrange(PRODUCTS)}",
+                    "categories": [],
+                    "ts": now_ms - rng.randrange(1, 14 * 86_400_000),
+                }
+            )
+    accepted = 0
+    for start in range(0, len(events), 1000):
+        chunk = {"events": events[start : start + 1000]}
+        answer = await _call(session, "POST", f"{base}/v1/interests", secret, chunk, {202})
+        accepted += int(answer["accepted"])
+    today = datetime.now(UTC)
+    profiles = [
+        {
+            "customer_id": f"cust-{c:06d}",
+            "segments": rng.sample(SEGMENTS, rng.randint(0, 2)),
+            "birthday": (today + timedelta(days=rng.randrange(365))).strftime("%m-%d"),
+        }
+        for c in range(customers)
+    ]
+    for start in range(0, len(profiles), 10_000):
+        chunk = {"customers": profiles[start : start + 10_000]}
+        await _call(session, "POST", f"{base}/v1/customers/import", secret, chunk, {200})
+    return {
+        "offers": sorted(OFFERS),
+        "customers": customers,
+        "interest_events_sent": len(events),
+        "interest_events_accepted": accepted,
+        "profiles": len(profiles),
+        "tenant_caps": {"max_offers_per_day": 1000, "zone_cooldown_s": 0},
+    }
+
+
+# -- Redis round trips on the no-event path -------------------------------------------------
+
+
+def redis_url_from_log(path: Path, deadline_s: float = 10.0) -> str:
+    """The service announces its embedded Redis on stdout (captured in the log file)."""
+    pattern = re.compile(rb"embedded Redis at (unix://\S+)")
+    ends = time.monotonic() + deadline_s
+    while time.monotonic() < ends:
+        match = pattern.search(path.read_bytes()) if path.exists() else None
+        if match:
+            return match.group(1).decode()
+        time.sleep(0.1)
+    raise RuntimeError(f"no 'embedded Redis at' line in {path}")
+
+
+async def _commandstats(client: aioredis.Redis) -> dict[str, int]:
+    stats = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+
+
+async def count_no_event_round_trips(
+    base: str, sdk_key: str, redis_url: str, devices: int = 300
+) -> dict[str, Any]:
+    """Commands per ping far from every zone (mid South Pacific): commandstats before and after,
+    minus the background rate (change feed etc.) measured idle over the same time."""
+    client = aioredis.Redis.from_url(redis_url)
+    headers = {"Authorization": f"Bearer {sdk_key}", "Content-Type": JSON}
+    url = f"{base}/v1/pings"
+
+    async def ping_all(session: aiohttp.ClientSession, consent: bool) -> list[int]:
+        sem = asyncio.Semaphore(8)
+        ts = int(time.time() * 1000)
+
+        async def one(i: int) -> int:
+            body: dict[str, Any] = {
+                "device_id": f"far-{i:05d}",
+                "pings": [{"lat": -45.0 + i * 1e-4, "lon": -150.0, "accuracy_m": 10.0, "ts": ts}],
+            }
+            if consent:
+                body["consent"] = {"location": True, "marketing": True}
+            async with sem, session.post(url, data=orjson.dumps(body), headers=headers) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one(i) for i in range(devices))))
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            await ping_all(session, consent=True)  # records consent: not the steady path
+            await asyncio.sleep(1.5)  # past the per-device rate limit's refill
+            idle0, t0 = await _commandstats(client), time.perf_counter()
+            await asyncio.sleep(2.0)
+            idle1, t1 = await _commandstats(client), time.perf_counter()
+            before, t2 = await _commandstats(client), time.perf_counter()
+            statuses = await ping_all(session, consent=False)
+            after, t3 = await _commandstats(client), time.perf_counter()
+    finally:
+        await client.aclose()
+    idle = _delta(idle1, idle0)
+    busy = _delta(after, before)
+    scale = (t3 - t2) / max(1e-9, t1 - t0)
+    net = {k: busy.get(k, 0) - idle.get(k, 0) * scale for k in set(busy) | set(idle)}
+    net = {k: v for k, v in net.items() if k not in NOT_ROUND_TRIPS and abs(v) >= 0.5}
+    per_ping = {k: round(v / devices, 3) for k, v in sorted(net.items())}
+    trips = sum(
+        v
+        for k, v in per_ping.items()
+        if k in ROUND_TRIP_STARTERS or k not in SCRIPT_COMMANDS  # see SCRIPT_COMMANDS
+    )
+    return {
+        "devices": devices,
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "commands_per_ping": per_ping,
+        "redis_commands_per_no_event_ping": round(sum(per_ping.values()), 3),
+        "redis_round_trips_per_no_event_ping": round(trips, 3),
+        "idle_commands_per_s": {k: round(v / (t1 - t0), 2) for k, v in sorted(idle.items())},
+        "method": "INFO commandstats deltas around one ping per device far from every zone "
+        "(consent already recorded), minus the idle rate over the same time; commands a Lua "
+        "script issues are counted within that script's EVALSHA, not as trips of their own",
+    }
+
+
+# -- the ramp --------------------------------------------------------------------------------
+
+
+async def run_step(
+    service: Service,
+    sdk_key: str,
+    city: City,
+    config: LoadConfig,
+    who: Callable[[int], str | None],
+    label: str,
+) -> dict[str, Any]:
+    assert service.process is not None
+    watch = ResourceWatch(service.process.pid)
+
+    def on_window(opening: bool) -> None:
+        (watch.open if opening else watch.close)()
+
+    result: LoadResult = await drive(
+        service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who
+    )
+    s = result.summary()
+    res = watch.report()
+    row = {
+        "step": label,
+        "batch": config.batch,
+        "codec": config.codec,
+        "devices": config.devices,
+        "target_requests_per_s": round(config.devices / config.period_s, 1),
+        "requests_per_s": s["requests_per_s"],
+        "pings_per_s": s["pings_per_s"],
+        "latency_ms": s["latency_ms"],
+        "send_lag_ms": s["send_lag_ms"],
+        "statuses": s["statuses"],
+        "errors": s["errors"] + s["unfinished_at_stop"],
+        "error_samples": s["error_samples"],
+        "events_per_s": round(sum(s["events_per_s"].values()), 1),
+        "events_per_s_by_type": s["events_per_s"],
+        "offers_per_s": s["offers_per_s"],
+        "offer_latency_ms": s["offer_latency_ms"],
+        "service_cpu_percent": res["service_cpu_percent"],
+        "service_rss_mb": res["service_rss_mb"],
+        "redis_cpu_percent": res["redis_cpu_percent"],
+        "generator_cpu_percent": s["generator_cpu_percent"],
+        "machine_cpu_percent": res["machine_cpu_percent"],
+    }
+    lat = row["latency_ms"]
+    print(
+        f"  {label:<22} {row['pings_per_s']:>8} pings/s  p50 {lat.get('p50', '-'):>7} "
+        f"p99 {lat.get('p99', '-'):>8} p99.9 {lat.get('p99.9', '-'):>8} ms  errors "
+        f"{row['errors']:>4}  offers/s {row['offers_per_s']:>6}  service CPU "
+        f"{row['service_cpu_percent']:>5} %  generator {row['generator_cpu_percent']:>5} %",
+        flush=True,
+    )
+    return row
+
+
+def _fields(config: LoadConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in LoadConfig.__dataclass_fields__}
+
+
+def knee(rows: list[dict[str, Any]], limit_ms: float) -> dict[str, Any] | None:
+    """The highest-throughput step with p99 within the limit and no errors."""
+    good = [
+        r for r in rows if r["errors"] == 0 and r["latency_ms"].get("p99", float("inf")) <= limit_ms
+    ]
+    return max(good, key=lambda r: r["pings_per_s"], default=None)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    circles, polygons = split_zone_count(args.zones)
+    city = City.workload_a(args.zones, seed=args.seed, dwell_s=60)
+    service = Service(args.workers, args.service_log)
+    doc: dict[str, Any] = {"service_command": shlex.join(service.command)}
+    who = customer_of(args.customer_share, args.customers)
+    service.start()
+    try:
+        ready_s = await service.wait_ready()
+        redis_url = redis_url_from_log(args.service_log)
+        print(f"service ready in {ready_s:.1f} s at {service.base_url}, Redis {redis_url}")
+        timeout = aiohttp.ClientTimeout(total=900)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            keys = await create_tenant(session, service.base_url, service.token)
+            started = time.perf_counter()
+            calls = await import_zones(session, service.base_url, keys["secret_key"], city)
+            import_s = time.perf_counter() - started
+            probe = ZoneProbe(service.base_url, keys["sdk_key"], city)
+            visible_s = await wait_all_workers_see(probe, args.workers, 120.0)
+            offers = await load_offers(
+                session, service.base_url, keys["secret_key"], args.customers, args.seed
+            )
+            await set_audience_offer(
+                session, service.base_url, keys["secret_key"], args.audiences == "on"
+            )
+        print(
+            f"{len(city)} zones ({circles} circles, {polygons} polygons) imported in "
+            f"{import_s:.1f} s, in every worker {visible_s} s later; offers: {offers}",
+            flush=True,
+        )
+        doc["zones"] = {
+            "count": len(city),
+            "import_s": round(import_s, 2),
+            "import_statuses": [c.status for c in calls],
+            "visible_in_all_workers_after_s": visible_s,
+        }
+        doc["offer_workload"] = {**offers, "audiences": args.audiences}
+        city.features.clear()  # the import bodies: millions of objects the GC would walk
+        gc.collect()
+        gc.freeze()
+
+        doc["no_event_path"] = await count_no_event_round_trips(
+            service.base_url, keys["sdk_key"], redis_url
+        )
+        print(f"no-event path: {doc['no_event_path']['commands_per_ping']}", flush=True)
+
+        def config(rate: float, batch: int, codec: str) -> LoadConfig:
+            interval = args.interval_s if batch == 1 else args.batch_interval_s
+            return LoadConfig(
+                devices=max(1, round(rate * interval * batch)),
+                interval_s=interval,
+                batch=batch,
+                codec=codec,
+                duration_s=args.duration_s,
+                warmup_s=args.warmup_s,
+                connections=args.connections,
+                seed=args.seed,
+            )
+
+        sdk = keys["sdk_key"]
+        if args.warmup_step_s > 0:
+            # Caches, connections, interpreter warm-up and first-request consent writes: a step of
+            # its own at the first rate, reported apart from the curve.
+            cfg = config(args.rates[0], 1, args.codec)
+            cfg = LoadConfig(**{**_fields(cfg), "duration_s": args.warmup_step_s})
+            doc["warmup_step"] = await run_step(service, sdk, city, cfg, who, "warm-up")
+        single: list[dict[str, Any]] = []
+        for rate in args.rates:
+            cfg = config(rate, 1, args.codec)
+            single.append(await run_step(service, sdk, city, cfg, who, f"single {rate:g}/s"))
+        batch: list[dict[str, Any]] = []
+        for rate in args.batch_rates:
+            cfg = config(rate, args.batch, args.batch_codec)
+            label = f"batch{args.batch} {rate:g}/s"
+            batch.append(await run_step(service, sdk, city, cfg, who, label))
+        doc["single"], doc["batch"] = single, batch
+
+        audiences: dict[str, Any] = {}
+        if args.compare_audiences_rate > 0:
+            cfg = config(args.compare_audiences_rate, 1, args.codec)
+            async with aiohttp.ClientSession() as session:
+                for state in ("on", "off"):
+                    await set_audience_offer(
+                        session, service.base_url, keys["secret_key"], state == "on"
+                    )
+                    audiences[state] = await run_step(
+                        service, sdk, city, cfg, who, f"audiences {state}"
+                    )
+        doc["audiences_compare"] = audiences
+    finally:
+        doc["service_exit"] = service.stop()
+        doc["service_log"] = scan_log(args.service_log, None)
+    return doc
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def summarise(doc: dict[str, Any]) -> None:
+    ks, kb = knee(doc["single"], SINGLE_P99_MS), knee(doc["batch"], BATCH_P99_MS)
+    doc["knee_single_pings_per_s"] = ks["pings_per_s"] if ks else 0
+    doc["knee_batch_pings_per_s"] = kb["pings_per_s"] if kb else 0
+    doc["p99_ms_at_knee_single"] = ks["latency_ms"]["p99"] if ks else None
+    doc["p99_ms_at_knee_batch"] = kb["latency_ms"]["p99"] if kb else None
+    doc["redis_round_trips_per_no_event_ping"] = doc["no_event_path"][
+        "redis_round_trips_per_no_event_ping"
+    ]
+    doc["curve"] = doc["single"] + doc["batch"]
+    a = doc["audiences_compare"]
+    if a:
+
+        def cpu_per_req(r: dict[str, Any]) -> float:
+            return float(r["service_cpu_percent"]) / max(1e-9, float(r["requests_per_s"]))
+
+        doc["audiences_cpu_per_request_ratio_on_off"] = round(
+            cpu_per_req(a["on"]) / max(1e-9, cpu_per_req(a["off"])), 3
+        )
+        doc["audiences_p99_ratio_on_off"] = round(
+            a["on"]["latency_ms"]["p99"] / max(1e-9, a["off"]["latency_ms"]["p99"]), 3
+        )
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    cols = "step pings/s p50 p95 p99 p99.9 errors events/s offers/s offer-p99 svcCPU% RSSMB genCPU%"
+    print("\n" + " | ".join(cols.split()))
+    rows = doc["curve"] + [doc["audiences_compare"][k] for k in doc["audiences_compare"]]
+    for r in rows:
+        lat = r["latency_ms"]
+        print(
+            " | ".join(
+                str(x)
+                for x in (
+                    r["step"],
+                    r["pings_per_s"],
+                    lat.get("p50"),
+                    lat.get("p95"),
+                    lat.get("p99"),
+                    lat.get("p99.9"),
+                    r["errors"],
+                    r["events_per_s"],
+                    r["offers_per_s"],
+                    r["offer_latency_ms"].get("p99", "-"),
+                    r["service_cpu_percent"],
+                    r["service_rss_mb"],
+                    r["generator_cpu_percent"],
+                )
+            )
+        )
+    for key in (
+        "knee_single_pings_per_s",
+        "p99_ms_at_knee_single",
+        "knee_batch_pings_per_s",
+        "p99_ms_at_knee_batch",
+        "redis_round_trips_per_no_event_ping",
+        "audiences_cpu_per_request_ratio_on_off",
+        "audiences_p99_ratio_on_off",
+    ):
+        print(f"{key}: {doc.get(key)}")
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, limit in ((axes[0], "single", SINGLE_P99_MS), (axes[1], "batch", BATCH_P99_MS)):
+        rows = doc[key]
+        x = [r["pings_per_s"] for r in rows]
+        for pct in ("p50", "p95", "p99", "p99.9"):
+            ax.plot(x, [r["latency_ms"].get(pct, float("nan")) for r in rows], "o-", label=pct)
+        ax.axhline(limit, color="grey", linestyle="--", label=f"p99 target {limit:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved pings/s")
+        ax.set_ylabel("latency ms (from intended send time)")
+        ax.set_title(f"{key} ({rows[0]['codec'] if rows else ''})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def rates(text: str) -> list[float]:
+        return [float(x) for x in text.split(",") if x]
+
+    ap.add_argument("--zones", type=int, default=20_000, help="workload (a) scaled to this many")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rates", type=rates, default=[200, 400, 700, 1000, 1500], help="req/s")
+    ap.add_argument("--batch-rates", type=rates, default=[100, 200, 400, 700], help="req/s")
+    ap.add_argument("--batch", type=int, default=20, help="pings per batched request")
+    ap.add_argument("--codec", choices=("json", "msgpack"), default="json", help="single pings")
+    ap.add_argument("--batch-codec", choices=("json", "msgpack"), default="msgpack")
+    ap.add_argument("--interval-s", type=float, default=5.0, help="between a device's requests")
+    ap.add_argument("--batch-interval-s", type=float, default=1.0, help="between batched fixes")
+    ap.add_argument("--duration-s", type=float, default=15.0, help="recorded, per step")
+    ap.add_argument("--warmup-s", type=float, default=3.0, help="not recorded, per step")
+    ap.add_argument("--warmup-step-s", type=float, default=15.0, help="a warm-up step (0: none)")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--customers", type=int, default=5_000)
+    ap.add_argument("--customer-share", type=float, default=0.3, help="devices with a customer")
+    ap.add_argument("--audiences", choices=("on", "off"), default="on", help="during the ramp")
+    ap.add_argument(
+        "--compare-audiences-rate",
+        type=float,
+        default=400,
+        help="single req/s of an extra on/off pair of steps (0: skip)",
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
+    args = ap.parse_args(argv)
+    args.service_log = args.out.with_name(args.out.stem + "-service.log")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        doc = runner.run(bench(args))
+    doc = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "loadtest.bench", *(argv or sys.argv[1:])]),
+        "knobs": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine(),
+        "source": source_version(),
+        **doc,
+    }
+    summarise(doc)
+    print_table(doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    png = args.out.with_suffix(".png")
+    plot(doc, png)
+    print(f"\nwrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
