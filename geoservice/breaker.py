@@ -15,7 +15,9 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         open_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
         self.failure_threshold = failure_threshold
         self.open_s = open_s
         self._clock = clock
@@ -25,7 +27,7 @@ class CircuitBreaker:
 
     @property
     def is_open(self) -> bool:
-        return self._failures >= self.failure_threshold
+        return self.enabled and self._failures >= self.failure_threshold
 
     def allow(self) -> bool:
         """May this request try the store? When open, only one probe after the pause."""

@@ -72,6 +72,10 @@ class Settings:
     generated_secrets: tuple[str, ...] = ()
 
     @property
+    def redis_is_cluster(self) -> bool:
+        return (self.redis_url or "").split("://", 1)[0].endswith("+cluster")
+
+    @property
     def active_signing_key(self) -> SigningKey:
         return self.signing_keys[0]
 

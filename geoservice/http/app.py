@@ -81,7 +81,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[IN_FLIGHT] = [0]
     app[BREAKER] = CircuitBreaker(
-        failure_threshold=settings.breaker_failures, open_s=settings.breaker_open_ms / 1000
+        failure_threshold=settings.breaker_failures,
+        open_s=settings.breaker_open_ms / 1000,
+        # On a cluster one shard failing over is not the store gone: the other shards' requests
+        # go on, each bounded by its own timeouts, instead of all failing fast together.
+        enabled=not settings.redis_is_cluster,
     )
     app[READY] = asyncio.Event()
     app[BACKGROUND] = []

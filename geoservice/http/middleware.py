@@ -118,6 +118,10 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             async with asyncio.timeout(deadline_s):
                 response = await handler(request)
+        except ClusterUnavailable:
+            # One shard without a primary is not the store gone: the other shards' requests
+            # must go on, so this does not count towards opening the circuit.
+            raise
         except StoreUnavailable:
             if uses_store:
                 breaker.failed()
