@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -11,6 +14,7 @@ from tests.conftest import TenantFactory
 
 pytest.importorskip("hdrh")
 
+from loadtest.bench import customer_of, knee, load_offers, plot, set_audience_offer
 from loadtest.bench_pings import LoadConfig, drive, import_zones
 from loadtest.city import City
 
@@ -32,3 +36,39 @@ async def test_simulator_drives_pings_and_gets_events(
     assert dict(result.statuses) == {"200": result.ok}, result.error_samples
     assert sum(result.events.values()) >= 1
     assert result.unfinished == 0
+
+
+async def test_bench_offers_knee_and_plot(
+    client: TestClient[web.Request, web.Application],
+    make_tenant: TenantFactory,
+    tmp_path: Path,
+) -> None:
+    """make bench's pieces: offers, interests and profiles load; customers' pings earn offers;
+    the knee and the plot come out of the curve."""
+    pytest.importorskip("matplotlib")
+    tenant = await make_tenant("benchoffers")
+    base_url = str(client.server.make_url("")).rstrip("/")
+    city = City.workload_a(200, seed=1, dwell_s=60)
+    async with aiohttp.ClientSession() as session:
+        await import_zones(session, base_url, tenant.secret_key, city)
+        loaded = await load_offers(session, base_url, tenant.secret_key, customers=50, seed=1)
+        await set_audience_offer(session, base_url, tenant.secret_key, on=True)
+    assert loaded["profiles"] == 50
+    assert loaded["interest_events_accepted"] == loaded["interest_events_sent"]
+
+    config = LoadConfig(devices=20, interval_s=1.0, duration_s=3.0, warmup_s=0.0, connections=8)
+    who = customer_of(0.5, 50)
+    result = await drive(base_url, tenant.sdk_key, city, config, customer_of=who)
+    assert dict(result.statuses) == {"200": result.ok}, result.error_samples
+    assert result.offers >= 1
+    assert result.offer_latency_us.get_total_count() >= 1
+
+    def row(pings: float, p99: float, errors: int = 0) -> dict[str, Any]:
+        return {"pings_per_s": pings, "latency_ms": {"p50": 1.0, "p99": p99}, "errors": errors,
+                "codec": "json"}  # fmt: skip
+
+    rows = [row(100, 3), row(200, 8), row(300, 9, errors=1), row(400, 50)]
+    assert knee(rows, 10.0) == rows[1]
+    assert knee(rows[3:], 10.0) is None
+    plot({"single": rows, "batch": rows}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
