@@ -299,6 +299,7 @@ async def run_step(
         "events_per_s_by_type": s["events_per_s"],
         "offers_per_s": s["offers_per_s"],
         "offer_latency_ms": s["offer_latency_ms"],
+        "no_event_latency_ms": s["no_event_latency_ms"],
         "service_cpu_percent": res["service_cpu_percent"],
         "service_rss_mb": res["service_rss_mb"],
         "redis_cpu_percent": res["redis_cpu_percent"],
@@ -405,17 +406,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             batch.append(await run_step(service, sdk, city, cfg, who, label))
         doc["single"], doc["batch"] = single, batch
 
-        audiences: dict[str, Any] = {}
+        audiences: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         if args.compare_audiences_rate > 0:
             cfg = config(args.compare_audiences_rate, 1, args.codec)
+            # ABBA order, so a drift over time (device state, Redis memory) favours neither.
+            order = [("on", "off"), ("off", "on")] * args.compare_audiences_rounds
             async with aiohttp.ClientSession() as session:
-                for state in ("on", "off"):
+                for n, state in enumerate(s for pair in order for s in pair):
                     await set_audience_offer(
                         session, service.base_url, keys["secret_key"], state == "on"
                     )
-                    audiences[state] = await run_step(
-                        service, sdk, city, cfg, who, f"audiences {state}"
-                    )
+                    label = f"audiences {state} #{n + 1}"
+                    audiences[state].append(await run_step(service, sdk, city, cfg, who, label))
         doc["audiences_compare"] = audiences
     finally:
         doc["service_exit"] = service.stop()
@@ -437,23 +439,30 @@ def summarise(doc: dict[str, Any]) -> None:
     ]
     doc["curve"] = doc["single"] + doc["batch"]
     a = doc["audiences_compare"]
-    if a:
+    if a["on"] and a["off"]:
 
-        def cpu_per_req(r: dict[str, Any]) -> float:
-            return float(r["service_cpu_percent"]) / max(1e-9, float(r["requests_per_s"]))
+        def cpu_per_req(rows: list[dict[str, Any]]) -> float:
+            cpu = sum(float(r["service_cpu_percent"]) for r in rows)
+            return cpu / max(1e-9, sum(float(r["requests_per_s"]) for r in rows))
+
+        def mean(rows: list[dict[str, Any]], key: str, pct: str) -> float:
+            return sum(float(r[key].get(pct, 0)) for r in rows) / len(rows)
 
         doc["audiences_cpu_per_request_ratio_on_off"] = round(
             cpu_per_req(a["on"]) / max(1e-9, cpu_per_req(a["off"])), 3
         )
-        doc["audiences_p99_ratio_on_off"] = round(
-            a["on"]["latency_ms"]["p99"] / max(1e-9, a["off"]["latency_ms"]["p99"]), 3
-        )
+        for key, pct in (("latency_ms", "p50"), ("latency_ms", "p99"), ("offer_latency_ms", "p50")):
+            name = f"audiences_{'offer_' if key.startswith('offer') else ''}{pct}_ratio_on_off"
+            doc[name] = round(mean(a["on"], key, pct) / max(1e-9, mean(a["off"], key, pct)), 3)
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    cols = "step pings/s p50 p95 p99 p99.9 errors events/s offers/s offer-p99 svcCPU% RSSMB genCPU%"
+    cols = (
+        "step pings/s p50 p95 p99 p99.9 errors events/s offers/s offer-p50 offer-p99 "
+        "no-event-p99 svcCPU% RSSMB genCPU%"
+    )
     print("\n" + " | ".join(cols.split()))
-    rows = doc["curve"] + [doc["audiences_compare"][k] for k in doc["audiences_compare"]]
+    rows = doc["curve"] + doc["audiences_compare"]["on"] + doc["audiences_compare"]["off"]
     for r in rows:
         lat = r["latency_ms"]
         print(
@@ -469,7 +478,9 @@ def print_table(doc: dict[str, Any]) -> None:
                     r["errors"],
                     r["events_per_s"],
                     r["offers_per_s"],
+                    r["offer_latency_ms"].get("p50", "-"),
                     r["offer_latency_ms"].get("p99", "-"),
+                    r["no_event_latency_ms"].get("p99", "-"),
                     r["service_cpu_percent"],
                     r["service_rss_mb"],
                     r["generator_cpu_percent"],
@@ -483,7 +494,9 @@ def print_table(doc: dict[str, Any]) -> None:
         "p99_ms_at_knee_batch",
         "redis_round_trips_per_no_event_ping",
         "audiences_cpu_per_request_ratio_on_off",
+        "audiences_p50_ratio_on_off",
         "audiences_p99_ratio_on_off",
+        "audiences_offer_p50_ratio_on_off",
     ):
         print(f"{key}: {doc.get(key)}")
 
@@ -542,8 +555,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--compare-audiences-rate",
         type=float,
         default=400,
-        help="single req/s of an extra on/off pair of steps (0: skip)",
+        help="single req/s of extra steps with and without the audience offer (0: skip)",
     )
+    ap.add_argument("--compare-audiences-rounds", type=int, default=1, help="on-off-off-on rounds")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
     args = ap.parse_args(argv)

@@ -85,6 +85,8 @@ class LoadResult:
     # Offers issued, and the latency of the requests that got one (they do more Redis work).
     offers: int = 0
     offer_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
+    # Requests that fired no event at all: the fast path, one script round trip.
+    quiet_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
     generator_cpu_s: float = 0.0
     window_s: float = 0.0
 
@@ -109,6 +111,7 @@ class LoadResult:
             "offers_total": self.offers,
             "offers_per_s": round(self.offers / d, 2),
             "offer_latency_ms": _percentiles(self.offer_latency_us),
+            "no_event_latency_ms": _percentiles(self.quiet_latency_us),
             "generator_cpu_percent": round(
                 100 * self.generator_cpu_s / max(self.window_s, 1e-9), 1
             ),
@@ -224,8 +227,11 @@ async def drive(
         second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
         result.ok += 1
         result.pings_ok += len(fixes)
-        for event in answer.get("events", ()):
+        events = answer.get("events", ())
+        for event in events:
             result.events[event["type"]] += 1
+        if not events:
+            _record(result.quiet_latency_us, latency)
         for item in answer.get("ignored", ()):
             result.ignored[item["reason"]] += 1
         offers = len(answer.get("offers", ()))
