@@ -303,3 +303,10 @@ async def test_a_new_instance_loads_every_zone_before_it_is_ready(
     directory = late.app[ZONES].directory
     assert directory.zone_count() == 20
     assert [z.zone_id for z in directory.lookup("acme", ZRH[1], 8.5 + 7 * 0.01)] == ["c7"]
+
+
+async def test_a_query_parameter_given_twice_is_422(client, make_tenant: TenantFactory):
+    keys = await make_tenant()
+    response = await client.get("/v1/zones?limit=2&limit=3", headers=keys.secret)
+    assert response.status == 422
+    assert [e["field"] for e in (await response.json())["errors"]] == ["limit"]

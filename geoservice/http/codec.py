@@ -154,6 +154,14 @@ def validate(model: type[Model], data: Any) -> Model:
         raise ValidationFailed.of(validation_problems(exc)) from None
 
 
+def validate_query(request: web.Request, model: type[Model]) -> Model:
+    """Query parameters against their model; a parameter given twice is an error, not a guess."""
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        raise ValidationFailed.of([FieldProblem(name, "given more than once") for name in repeated])
+    return validate(model, dict(request.query))
+
+
 async def read_model(request: web.Request, model: type[Model], max_bytes: int) -> tuple[Model, str]:
     data, codec = await read_body(request, max_bytes)
     return validate(model, data), codec

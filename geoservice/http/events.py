@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from geoservice import event_log
-from geoservice.http.codec import respond, validate
+from geoservice.http.codec import respond, validate_query
 from geoservice.http.routing import Auth, EndpointTable, caller
 from geoservice.http.state import STORE
 from geoservice.http.wire import Id, Out, Problem
@@ -57,7 +57,7 @@ class EventsPage(Out):
     "there.",
 )
 async def list_events(request: web.Request) -> web.Response:
-    query = validate(EventsQuery, dict(request.query))
+    query = validate_query(request, EventsQuery)
     events, next_cursor = await event_log.recent(
         request.app[STORE], caller(request).tenant_id, query.limit, query.zone_id, query.cursor
     )

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from geoservice import keys
 from geoservice.errors import FieldProblem, ValidationFailed
-from geoservice.http.codec import read_model, respond, validate
+from geoservice.http.codec import read_model, respond, validate_query
 from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import OFFERS, SETTINGS, STORE
 from geoservice.http.wire import ID_PATTERN, EpochMs, Id, Out, Page, Problem, Wire
@@ -181,7 +181,7 @@ async def delete_offer(request: web.Request) -> web.Response:
     responses={200: OfferPage, 401: Problem, 403: Problem, 422: Problem},
 )
 async def list_offers(request: web.Request) -> web.Response:
-    page = validate(Page, dict(request.query))
+    page = validate_query(request, Page)
     offers, next_cursor = await request.app[OFFERS].page(
         caller(request).tenant_id, page.cursor, page.limit
     )

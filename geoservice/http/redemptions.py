@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from geoservice import redemptions, stats
-from geoservice.http.codec import read_model, respond, validate
+from geoservice.http.codec import read_model, respond, validate_query
 from geoservice.http.routing import Auth, EndpointTable, caller
 from geoservice.http.state import SETTINGS, STORE
 from geoservice.http.wire import EpochMs, Id, Out, Problem, Wire
@@ -128,7 +128,7 @@ class StatsAnswer(Out):
     responses={200: StatsAnswer, 401: Problem, 403: Problem, 422: Problem},
 )
 async def get_stats(request: web.Request) -> web.Response:
-    query = validate(StatsQuery, dict(request.query))
+    query = validate_query(request, StatsQuery)
     counts = stats.hourly if query.group_by == "zone" else stats.hourly_by_segment
     rows = await counts(
         request.app[STORE], caller(request).tenant_id, query.from_, query.to, query.zone_id
@@ -163,6 +163,6 @@ class Flows(RootModel[list[FlowRow]]):
     "than 5 devices are left out.",
 )
 async def get_flows(request: web.Request) -> web.Response:
-    query = validate(FlowsQuery, dict(request.query))
+    query = validate_query(request, FlowsQuery)
     rows = await stats.flows(request.app[STORE], caller(request).tenant_id, query.from_, query.to)
     return respond(request, rows)

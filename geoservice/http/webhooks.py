@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from geoservice.errors import FieldProblem, ValidationFailed
-from geoservice.http.codec import read_model, respond, validate
+from geoservice.http.codec import read_model, respond, validate_query
 from geoservice.http.routing import Auth, EndpointTable, caller
 from geoservice.http.state import SETTINGS, WEBHOOKS
 from geoservice.http.wire import ID_PATTERN, Out, Page, Problem, Wire
@@ -147,7 +147,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     responses={200: WebhookPage, 401: Problem, 403: Problem, 422: Problem},
 )
 async def list_webhooks(request: web.Request) -> web.Response:
-    page = validate(Page, dict(request.query))
+    page = validate_query(request, Page)
     webhooks, next_cursor = await request.app[WEBHOOKS].page(
         caller(request).tenant_id, page.cursor, page.limit
     )

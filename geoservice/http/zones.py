@@ -11,7 +11,13 @@ from pydantic import Field, ValidationError, field_validator
 
 from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.geometry import GeometryError, ZoneShape
-from geoservice.http.codec import read_body, read_model, respond, validate, validation_problems
+from geoservice.http.codec import (
+    read_body,
+    read_model,
+    respond,
+    validate_query,
+    validation_problems,
+)
 from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import SETTINGS, ZONES
 from geoservice.http.tenants import check_timezone
@@ -257,7 +263,7 @@ async def delete_zone(request: web.Request) -> web.Response:
     responses={200: ZonePage, 401: Problem, 403: Problem, 422: Problem},
 )
 async def list_zones(request: web.Request) -> web.Response:
-    page = validate(Page, dict(request.query))
+    page = validate_query(request, Page)
     zones, next_cursor = await request.app[ZONES].page(
         caller(request).tenant_id, page.cursor, page.limit
     )
