@@ -15,6 +15,7 @@ import msgpack
 import orjson
 import pytest
 import schemathesis
+from hypothesis import settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from geoservice.http.app import all_endpoints
@@ -99,6 +100,9 @@ def service() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @schema.parametrize()
+# Derandomized: CI sees the same examples every run (a new finding comes from a code or spec
+# change, not from the dice). Turn derandomize off locally to explore further.
+@settings(derandomize=True, database=None)
 def test_api_conforms_to_its_openapi(case, service):
     base, keys = service
     security = case.operation.definition.raw.get("security") or []
