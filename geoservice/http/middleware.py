@@ -135,13 +135,14 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         response = problem_response(request, _from_http_exception(exc))
     except StoreUnavailable as exc:
-        log.warning("store unavailable on %s %s: %r", request.method, request.path, exc)
+        # The route's pattern, not the path: paths carry customer and zone ids.
+        log.warning("store unavailable on %s %s: %r", request.method, route_name, exc)
         response = problem_response(
             request,
             Unavailable("the store is not answering, try again", retry_after_s=STORE_RETRY_AFTER_S),
         )
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, route_name)
         response = problem_response(request, GeoserviceError("unexpected error, it was logged"))
     finally:
         in_flight[0] -= 1
