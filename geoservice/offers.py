@@ -208,10 +208,12 @@ class Offers:
         return await asyncio.shield(self._put(tenant_id, offer))
 
     async def _put(self, tenant_id: str, offer: Offer) -> bool:
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.offers(tenant_id), offer.offer_id, offer.pack())
-            pipe.zadd(keys.offer_ids(tenant_id), {offer.offer_id: 0})
-            added, _ = await pipe.execute()
+        added = await paging.store_records(
+            self.store.redis,
+            keys.offer_ids(tenant_id),
+            keys.offers(tenant_id),
+            {offer.offer_id: offer.pack()},
+        )
         self.catalog.tenants.setdefault(tenant_id, {})[offer.offer_id] = offer
         await changes.publish(self.store.redis, "offer", tenant_id, offer.offer_id)
         return bool(added)
@@ -227,10 +229,9 @@ class Offers:
         return await asyncio.shield(self._delete(tenant_id, offer_id))
 
     async def _delete(self, tenant_id: str, offer_id: str) -> None:
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.offers(tenant_id), offer_id)
-            pipe.zrem(keys.offer_ids(tenant_id), offer_id)
-            removed, _ = await pipe.execute()
+        removed = await paging.remove_record(
+            self.store.redis, keys.offer_ids(tenant_id), keys.offers(tenant_id), offer_id
+        )
         if not removed:
             raise NotFound(f"offer {offer_id!r} does not exist")
         self.catalog.tenants.get(tenant_id, {}).pop(offer_id, None)

@@ -1,5 +1,7 @@
-"""Paging over a tenant's objects: a sorted set of ids (all scores 0, so ordered by id) beside
-a hash of records; the cursor is the last id of a page, base64url-encoded so it stays opaque."""
+"""A tenant's objects as a hash of records beside a sorted set of their ids (all scores 0, so
+ordered by id), both under the tenant's hash tag: written and removed together in one
+transaction, and paged by id; the cursor is the last id of a page, base64url-encoded so it
+stays opaque."""
 
 from __future__ import annotations
 
@@ -22,6 +24,26 @@ def decode_cursor(cursor: str) -> str:
         raise ValidationFailed.of(
             [FieldProblem("cursor", "not a cursor this service handed out")]
         ) from None
+
+
+async def store_records(
+    redis: RedisClient, ids_key: str, records_key: str, records: dict[str, bytes]
+) -> int:
+    """Create or replace records; how many were new."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(records_key, mapping=records)
+        pipe.zadd(ids_key, dict.fromkeys(records, 0))
+        added, _ = await pipe.execute()
+    return int(added)
+
+
+async def remove_record(redis: RedisClient, ids_key: str, records_key: str, item_id: str) -> bool:
+    """Remove one record; whether it existed."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(records_key, item_id)
+        pipe.zrem(ids_key, item_id)
+        removed, _ = await pipe.execute()
+    return bool(removed)
 
 
 async def page(

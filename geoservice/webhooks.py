@@ -345,10 +345,12 @@ class Webhooks:
         # The group first: once the record is visible, the group exists. "$": a new webhook
         # hears of events from now on, not of the stream's history.
         await ensure_group(redis, tenant_id, webhook_id)
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.webhooks(tenant_id), webhook_id, webhook.pack())
-            pipe.zadd(keys.webhook_ids(tenant_id), {webhook_id: 0})
-            added, _ = await pipe.execute()
+        added = await paging.store_records(
+            redis,
+            keys.webhook_ids(tenant_id),
+            keys.webhooks(tenant_id),
+            {webhook_id: webhook.pack()},
+        )
         self._cache((tenant_id, webhook_id), webhook)
         await changes.publish(redis, "webhook", tenant_id, webhook_id)
         return webhook, bool(added)

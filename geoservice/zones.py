@@ -327,10 +327,12 @@ class Zones:
 
     async def _put(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> bool:
         """Create or replace; True when created."""
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.zones(tenant_id), zone.zone_id, zone.pack())
-            pipe.zadd(keys.zone_ids(tenant_id), {zone.zone_id: 0})
-            added, _ = await pipe.execute()
+        added = await paging.store_records(
+            self.store.redis,
+            keys.zone_ids(tenant_id),
+            keys.zones(tenant_id),
+            {zone.zone_id: zone.pack()},
+        )
         self.directory.apply(tenant_id, zone, shape)
         await changes.publish(self.store.redis, "zone", tenant_id, zone.zone_id)
         return bool(added)
@@ -347,10 +349,12 @@ class Zones:
         """All-or-nothing bulk write (one MULTI on the tenant's slot); (created, updated)."""
         if not items:
             return 0, 0
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.zones(tenant_id), mapping={z.zone_id: z.pack() for z, _ in items})
-            pipe.zadd(keys.zone_ids(tenant_id), {z.zone_id: 0 for z, _ in items})
-            added, _ = await pipe.execute()
+        added = await paging.store_records(
+            self.store.redis,
+            keys.zone_ids(tenant_id),
+            keys.zones(tenant_id),
+            {z.zone_id: z.pack() for z, _ in items},
+        )
         self.directory.apply_many(tenant_id, items)
         ids = [z.zone_id for z, _ in items]
         for start in range(0, len(ids), FEED_IDS_PER_ENTRY):
@@ -369,10 +373,9 @@ class Zones:
         return await asyncio.shield(self._delete(tenant_id, zone_id))
 
     async def _delete(self, tenant_id: str, zone_id: str) -> None:
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.zones(tenant_id), zone_id)
-            pipe.zrem(keys.zone_ids(tenant_id), zone_id)
-            removed, _ = await pipe.execute()
+        removed = await paging.remove_record(
+            self.store.redis, keys.zone_ids(tenant_id), keys.zones(tenant_id), zone_id
+        )
         if not removed:
             raise NotFound(f"zone {zone_id!r} does not exist")
         self.directory.remove(tenant_id, zone_id)
