@@ -1,7 +1,8 @@
 """The Redis connection: one client per process, standalone or cluster, and the Lua scripts.
 
 Scripts live as `.lua` files beside this module; they are registered once and called by SHA
-(redis-py falls back to EVAL/SCRIPT LOAD when a server restarted empty).
+(loaded again when a server restarted empty). On a standalone Redis the scripts go through the
+automatic pipeline (autopipeline.py), everything else through redis-py.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
     ConnectionError,
+    NoScriptError,
     RedisClusterException,
     SlotNotCoveredError,
     TimeoutError,
 )
 
+from geoservice import autopipeline
+from geoservice.autopipeline import AutoPipeline
 from geoservice.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,16 +153,29 @@ class Store:
 
     redis: RedisClient
     scripts: dict[str, AsyncScript] = field(default_factory=dict)
+    pipeline: AutoPipeline | None = None
 
     @classmethod
     def open(cls, settings: Settings, url: str | None = None) -> Store:
+        url = url or settings.redis_url
         redis = connect(settings, url)
         store = cls(redis)
         for name in SCRIPT_NAMES:
             store.scripts[name] = redis.register_script(load_script_source(name))
+        if url is not None and autopipeline.supports(url):
+            store.pipeline = AutoPipeline(url, settings.redis_timeout_ms / 1000)
         return store
 
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self.pipeline is not None:
+            script = self.scripts[name]
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return await self.pipeline.execute(*command)
+            except NoScriptError:
+                # The server restarted empty: load it and send it again (it did not run).
+                await self.redis.script_load(script.script)
+                return await self.pipeline.execute(*command)
         try:
             return await self.scripts[name](keys=keys, args=args)
         except REPEAT_ON as exc:
@@ -172,4 +189,6 @@ class Store:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.close()
         await self.redis.aclose()

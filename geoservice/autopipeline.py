@@ -1,0 +1,186 @@
+"""Automatic pipelining of the hot path's script calls to a standalone Redis.
+
+Every ping runs one script. Through redis-py's pooled client each call borrows a connection,
+writes, waits and parses on its own: about 55 us of this process's CPU per call (measured,
+32 concurrent callers) and one write and one read system call on each side. Here the calls of
+every request in flight share one connection: those made during one turn of the event loop go
+out in a single write, Redis answers them in order, and hiredis parses the replies as they come
+(about 3 us per call under the same load, 11 us alone). Redis executes commands of one
+connection in order, so pipelining changes neither what a script sees nor its atomicity.
+
+Not used for a Redis Cluster (redis-py routes by slot there) nor over TLS; those keep redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def supports(url: str) -> bool:
+    """Plain TCP or unix socket to one Redis: what this module speaks."""
+    return url.startswith(("redis://", "unix://"))
+
+
+def _error(reply: hiredis.ReplyError) -> ResponseError:
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: commands written in order, replies matched to their callers in order."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        # (future, time the command was queued): the oldest unanswered one tells a dead peer
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without deriving from it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiting:
+                # A reply nobody asked for: the stream is out of step; never guess.
+                self.abort(ConnectionError("redis sent an unexpected reply"))
+                return
+            future, _ = self.waiting.popleft()
+            if future.done():  # its request was cancelled (deadline); the reply is dropped
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(_error(reply))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = ConnectionError(f"connection to redis lost: {exc or 'closed by the server'}")
+        self.transport = None
+        self._fail_all(self.lost)
+
+    def abort(self, error: Exception) -> None:
+        self.lost = error
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+        self._fail_all(error)
+
+    def _fail_all(self, error: Exception) -> None:
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        self.outgoing.clear()
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.outgoing.append(packed)
+        self.waiting.append((future, time.monotonic()))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is None or not self.outgoing:
+            return
+        data = b"".join(self.outgoing) if len(self.outgoing) > 1 else self.outgoing[0]
+        self.outgoing.clear()
+        self.transport.write(data)
+
+    def oldest_wait_s(self) -> float:
+        return time.monotonic() - self.waiting[0][1] if self.waiting else 0.0
+
+
+class AutoPipeline:
+    """Sends commands over one shared connection, reconnecting when it is lost.
+
+    A command whose answer is lost with the connection fails with ConnectionError and is not
+    repeated here: whether it ran is unknown, and only the caller knows if a repeat is safe.
+    """
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._options = parse_url(url)
+        self._timeout_s = timeout_s
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def execute(self, *args: Any) -> Any:
+        connection = self._connection
+        if connection is None or connection.transport is None:
+            connection = await self._connect()
+        elif connection.oldest_wait_s() > self._timeout_s:
+            # Nothing came back for longer than the socket timeout: the peer is gone without
+            # a reset (or hung). Waiting callers fail, the next ones get a new connection.
+            connection.abort(RedisTimeoutError("redis did not answer within the socket timeout"))
+            connection = await self._connect()
+        return await connection.send(hiredis.pack_command(args))
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            current = self._connection
+            if current is not None and current.transport is not None:
+                return current  # another caller connected while this one waited
+            loop = asyncio.get_running_loop()
+            options = self._options
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    if options.get("connection_class") is UnixDomainSocketConnection:
+                        _, connection = await loop.create_unix_connection(
+                            _Connection, options["path"]
+                        )
+                    else:
+                        _, connection = await loop.create_connection(
+                            _Connection, options.get("host", "localhost"), options.get("port", 6379)
+                        )
+                    await self._handshake(connection)
+            except TimeoutError as exc:
+                raise RedisTimeoutError(f"connecting to redis: {exc}") from None
+            except OSError as exc:
+                raise ConnectionError(f"connecting to redis: {exc}") from None
+            self._connection = connection
+            return connection
+
+    async def _handshake(self, connection: _Connection) -> None:
+        options = self._options
+        password = options.get("password")
+        if password:
+            username = options.get("username")
+            auth: tuple[Any, ...] = ("AUTH", username, password) if username else ("AUTH", password)
+            try:
+                await connection.send(hiredis.pack_command(auth))
+            except ResponseError as exc:
+                connection.abort(AuthenticationError(str(exc)))
+                raise AuthenticationError(str(exc)) from None
+        db = int(options.get("db") or 0)
+        if db:
+            select: tuple[Any, ...] = ("SELECT", db)
+            await connection.send(hiredis.pack_command(select))
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
