@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
+from redis.commands.core import CoreCommands
 from redis.exceptions import (
     AuthenticationError,
     ConnectionError,
@@ -127,6 +129,17 @@ class AutoPipeline:
         self._connecting: asyncio.Lock | None = None
 
     async def execute(self, *args: Any) -> Any:
+        connection = await self._ready()
+        return await connection.send(hiredis.pack_command(args))
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands back to back on the wire (nothing of another caller between them,
+        so MULTI ... EXEC stays one transaction); every reply, errors as exception objects."""
+        connection = await self._ready()
+        futures = [connection.send(hiredis.pack_command(args)) for args in commands]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    async def _ready(self) -> _Connection:
         connection = self._connection
         if connection is None or connection.transport is None:
             connection = await self._connect()
@@ -135,7 +148,7 @@ class AutoPipeline:
             # a reset (or hung). Waiting callers fail, the next ones get a new connection.
             connection.abort(RedisTimeoutError("redis did not answer within the socket timeout"))
             connection = await self._connect()
-        return await connection.send(hiredis.pack_command(args))
+        return connection
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
@@ -184,3 +197,57 @@ class AutoPipeline:
         connection, self._connection = self._connection, None
         if connection is not None and connection.transport is not None:
             connection.transport.close()
+
+
+class QueuedCommands(CoreCommands):
+    """redis-py's pipeline interface (`async with store.batch() as pipe: pipe.hset(...)`,
+    `await pipe.execute()`) over the automatic pipeline: the commands go out together with
+    those of every other request of the same loop turn. Replies get redis-py's response
+    callbacks, so callers see the same types either way; like redis-py, the first error
+    reply is raised after all have arrived."""
+
+    _event_dispatcher: Any = None  # declared by redis-py's command mixins; unused here
+
+    def __init__(
+        self, pipeline: AutoPipeline, callbacks: Mapping[str, Any], transaction: bool
+    ) -> None:
+        self._pipeline = pipeline
+        self._callbacks = callbacks
+        self._transaction = transaction
+        self._queued: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    async def __aenter__(self) -> QueuedCommands:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._queued.clear()
+
+    def execute_command(self, *args: Any, **options: Any) -> QueuedCommands:
+        options.pop("keys", None)  # routing hints of redis-py's cluster client
+        self._queued.append((args, options))
+        return self
+
+    async def execute(self) -> list[Any]:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        commands = [args for args, _ in queued]
+        if self._transaction:
+            replies = await self._pipeline.execute_many([("MULTI",), *commands, ("EXEC",)])
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    raise reply  # refused while queueing: EXEC was aborted
+            results = replies[-1]
+            if isinstance(results, Exception):
+                raise results
+            results = [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in results]
+        else:
+            results = await self._pipeline.execute_many(commands)
+        for reply in results:
+            if isinstance(reply, Exception):
+                raise reply
+        out = []
+        for (args, options), reply in zip(queued, results, strict=True):
+            callback = self._callbacks.get(str(args[0]).upper())
+            out.append(callback(reply, **options) if callback is not None else reply)
+        return out

@@ -124,7 +124,7 @@ class Customers:
         if marketing is not None:
             record["mkt"] = int(marketing)
         key = keys.customer_consent(tenant_id, customer_id)
-        async with self.store.redis.pipeline(transaction=True) as pipe:
+        async with self.store.batch(transaction=True) as pipe:
             pipe.hset(key, mapping=record)
             pipe.expire(key, RECORD_TTL_S)
             pipe.hgetall(key)
@@ -151,7 +151,7 @@ class Customers:
                 by_customer.setdefault(customer_id, []).append(interest)
         if not by_customer:
             return 0
-        async with self.store.redis.pipeline(transaction=False) as pipe:
+        async with self.store.batch(transaction=False) as pipe:
             for customer_id, interests in by_customer.items():
                 key = keys.interests(tenant_id, customer_id)
                 pipe.zadd(key, {i.pack(): i.ts_ms for i in interests})
@@ -164,7 +164,7 @@ class Customers:
     async def context(self, tenant_id: str, customer_id: str, lookback_s: int) -> CustomerContext:
         """Interests within the lookback, consent and profile: one round trip."""
         horizon_ms = int(time.time() * 1000) - lookback_s * 1000
-        async with self.store.redis.pipeline(transaction=False) as pipe:
+        async with self.store.batch(transaction=False) as pipe:
             pipe.zrangebyscore(keys.interests(tenant_id, customer_id), horizon_ms, "+inf")
             pipe.hgetall(keys.customer_consent(tenant_id, customer_id))
             pipe.hgetall(keys.customer_profile(tenant_id, customer_id))
@@ -182,7 +182,7 @@ class Customers:
 
     async def put_profiles(self, tenant_id: str, profiles: Sequence[tuple[str, Profile]]) -> None:
         """Replace the profiles of these customers (one pipelined round trip)."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
+        async with self.store.batch(transaction=False) as pipe:
             for customer_id, profile in profiles:
                 key = keys.customer_profile(tenant_id, customer_id)
                 pipe.hset(key, "p", msgpack.packb(profile.as_dict(), use_bin_type=True))
@@ -191,7 +191,7 @@ class Customers:
 
     async def link_device(self, tenant_id: str, customer_id: str, device: str) -> None:
         key = keys.customer_devices(tenant_id, customer_id)
-        async with self.store.redis.pipeline(transaction=True) as pipe:
+        async with self.store.batch(transaction=True) as pipe:
             pipe.sadd(key, device)
             pipe.expire(key, RECORD_TTL_S)
             await pipe.execute()

@@ -204,7 +204,7 @@ class OfferDesk:
                 "expires_at": offer.expires_at_ms,
                 "segments": ",".join(segments),
             }
-            async with self.store.redis.pipeline(transaction=True) as pipe:
+            async with self.store.batch(transaction=True) as pipe:
                 pipe.hset(key, mapping=record)
                 pipe.expire(key, ttl_s)
                 await pipe.execute()

@@ -46,7 +46,7 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
     """One pipelined round trip (all keys on the tenant's slot), only when events fired."""
     if not events:
         return
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with store.batch(transaction=False) as pipe:
         for event in events:
             fields = {
                 "type": event.type,
@@ -98,7 +98,7 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
     }
     if event.store_id is not None:
         fields["store"] = event.store_id
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with store.batch(transaction=False) as pipe:
         _append_event(pipe, tenant_id, fields)
         pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
         pipe.expire(key, STATS_TTL_S)
@@ -117,7 +117,7 @@ async def _hashes_by_hour(
 ) -> list[tuple[int, dict[bytes, bytes]]]:
     """The hourly hashes of [from_ms, to_ms), oldest first, in one round trip."""
     hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with store.batch(transaction=False) as pipe:
         for hour in hours:
             pipe.hgetall(key_of(hour))
         return list(zip(hours, await pipe.execute(), strict=True))
@@ -142,7 +142,7 @@ async def hourly(
             row[counter] = int(value)
         rows.extend(by_zone[z] for z in sorted(by_zone))
     if rows:
-        async with store.redis.pipeline(transaction=False) as pipe:
+        async with store.batch(transaction=False) as pipe:
             for row in rows:
                 # Spelled out: redis-py refuses pfcount() in a cluster pipeline outright (a
                 # PFCOUNT may name keys of several slots); this one names one key.
@@ -162,7 +162,7 @@ async def record_flows(
     """(from_zone, to_zone, seconds_between, at_ms) transitions, as hourly aggregates."""
     if not flows:
         return
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with store.batch(transaction=False) as pipe:
         for from_zone, to_zone, seconds, at_ms in flows:
             hour = hour_of(at_ms)
             pair = f"{from_zone}>{to_zone}"
@@ -193,7 +193,7 @@ async def flows(store: Store, tenant_id: str, from_ms: int, to_ms: int) -> list[
     """Pairs of zones with the devices that went from one to the other within an hour, and the
     median seconds between; pairs of fewer than FLOW_MIN_DEVICES devices are left out."""
     hours = list(range(hour_of(from_ms), to_ms, HOUR_MS))
-    async with store.redis.pipeline(transaction=False) as pipe:
+    async with store.batch(transaction=False) as pipe:
         for hour in hours:
             pipe.hkeys(keys.flow_counts(tenant_id, hour))
             pipe.hgetall(keys.flow_seconds(tenant_id, hour))

@@ -14,6 +14,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -30,7 +31,7 @@ from redis.exceptions import (
 )
 
 from geoservice import autopipeline
-from geoservice.autopipeline import AutoPipeline
+from geoservice.autopipeline import AutoPipeline, QueuedCommands
 from geoservice.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ SCRIPT_NAMES = (
     "redeem",
     "rate_limit",
 )
+
+# The automatic pipeline speaks RESP2; redis-py (8) speaks RESP3 and shapes replies into its
+# legacy (RESP2-era) types. Its RESP2 callbacks give the same shapes from RESP2 replies.
+RESP2_CALLBACKS = get_response_callbacks(user_protocol=2, legacy_responses=True)
 
 # Failover (docs/deployment.md, "Redis Cluster"). redis-py's cluster client repeats whatever
 # failed with a lost connection, up to 10 times by default. That is wrong for writes: a
@@ -184,6 +189,13 @@ class Store:
             log.info("redis cluster: script %s failed (%r); once more", name, exc)
             await asyncio.sleep(REPEAT_PAUSE_S)
             return await self.scripts[name](keys=keys, args=args)
+
+    def batch(self, transaction: bool = False) -> Any:
+        """Commands sent in one go (`async with store.batch() as pipe`, then `pipe.execute()`):
+        over the automatic pipeline when there is one, else a redis-py pipeline."""
+        if self.pipeline is None:
+            return self.redis.pipeline(transaction=transaction)
+        return QueuedCommands(self.pipeline, RESP2_CALLBACKS, transaction)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

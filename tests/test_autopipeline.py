@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -135,3 +136,41 @@ async def test_a_peer_that_stops_answering_is_dropped_after_the_socket_timeout(
             await stuck
     finally:
         await pipeline.close()
+
+
+@pytest.mark.parametrize("transaction", [False, True])
+async def test_a_batch_answers_in_the_shapes_of_a_redis_py_pipeline(
+    redis: Redis, redis_url: str, transaction: bool
+) -> None:
+    from geoservice.settings import Settings
+    from geoservice.store import Store
+
+    store = Store.open(Settings(redis_url=redis_url), redis_url)
+    assert store.pipeline is not None
+
+    async def run(batch: Any) -> list[Any]:
+        async with batch as pipe:
+            pipe.hset("h", mapping={"a": 1, "b": "x"})
+            pipe.expire("h", 100)
+            pipe.hgetall("h")
+            pipe.hgetall("missing")
+            pipe.zadd("z", {"m1": 1, "m2": 2})
+            pipe.zrangebyscore("z", 0, "+inf")
+            pipe.sadd("s", "one")
+            pipe.smembers("s")
+            pipe.pfadd("u", "d1")
+            return list(await pipe.execute())
+
+    try:
+        ours = await run(store.batch(transaction=transaction))
+        await redis.flushdb()
+        theirs = await run(store.redis.pipeline(transaction=transaction))
+        assert ours == theirs
+        assert ours[2] == {b"a": b"1", b"b": b"x"}
+        async with store.batch(transaction=transaction) as pipe:
+            pipe.set("k", "v")
+            pipe.hget("k", "f")  # WRONGTYPE
+            with pytest.raises(ResponseError):
+                await pipe.execute()
+    finally:
+        await store.close()
