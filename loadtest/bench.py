@@ -22,8 +22,11 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
+from geoservice.fences import device_pseudonym
+from geoservice.keys import device_consent, device_state
 from loadtest.bench_pings import (
     JSON,
+    TENANT,
     LoadConfig,
     LoadResult,
     ResourceWatch,
@@ -38,8 +41,11 @@ from loadtest.bench_pings import (
     wait_all_workers_see,
 )
 from loadtest.city import City, split_zone_count
+from loadtest.lean import Fleet, drive_lean
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# One population of phones for the whole run: every step continues their walks.
+FLEET = Fleet()
 SINGLE_P99_MS = 10.0
 BATCH_P99_MS = 20.0
 # Commands the service's Lua scripts issue: inside a script they are not round trips of their own.
@@ -189,6 +195,52 @@ def redis_url_from_log(path: Path, deadline_s: float = 10.0) -> str:
     raise RuntimeError(f"no 'embedded Redis at' line in {path}")
 
 
+# Known devices: what a retailer's Redis holds after a day of traffic. Each gets the consent
+# record and the geofence state the fence script keeps (fences.py), under the service's own
+# pseudonyms and key layout, so the ramp's devices are among them and Redis works on a keyspace
+# of the size the issue names. Written server-side by chunks: 10^6 devices in seconds.
+SEED_DEVICES_LUA = """
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', ARGV[i + 1], 'loc', '1', 'mkt', '1', 'at', now, 'src', 'sdk')
+  redis.call('EXPIRE', ARGV[i + 1], 34560000)
+  redis.call('HSET', ARGV[i], 'last_ts', now - 3600000)
+  redis.call('EXPIRE', ARGV[i], 86400)
+end
+return (#ARGV - 1) / 2
+"""
+SEED_CHUNK = 5_000
+
+
+async def seed_known_devices(
+    redis_url: str, pseudonym_key: str, tenant_id: str, count: int
+) -> dict[str, Any]:
+    """`count` devices dev-000000… with consent on record and a day-old state (embedded Redis:
+    keys travel as ARGV, which only a single server allows)."""
+    started = time.perf_counter()
+    client = aioredis.Redis.from_url(redis_url)
+    key = pseudonym_key.encode()
+    now_ms = int(time.time() * 1000)
+    try:
+        seed = client.register_script(SEED_DEVICES_LUA)
+        for first in range(0, count, SEED_CHUNK):
+            args: list[Any] = [now_ms]
+            for i in range(first, min(count, first + SEED_CHUNK)):
+                device = device_pseudonym(key, tenant_id, f"dev-{i:06d}")
+                args += [device_state(device), device_consent(device)]
+            await seed(keys=[], args=args)
+        memory = await client.info("memory")
+        size = await client.dbsize()
+    finally:
+        await client.aclose()
+    return {
+        "devices": count,
+        "seconds": round(time.perf_counter() - started, 1),
+        "redis_keys": size,
+        "redis_used_memory_mb": round(memory["used_memory"] / 2**20, 1),
+    }
+
+
 async def _commandstats(client: aioredis.Redis) -> dict[str, int]:
     stats = await client.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
@@ -270,6 +322,7 @@ async def run_step(
     config: LoadConfig,
     who: Callable[[int], str | None],
     label: str,
+    lean: bool = True,
 ) -> dict[str, Any]:
     assert service.process is not None
     watch = ResourceWatch(service.process.pid)
@@ -277,9 +330,16 @@ async def run_step(
     def on_window(opening: bool) -> None:
         (watch.open if opening else watch.close)()
 
-    result: LoadResult = await drive(
-        service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who
-    )
+    result: LoadResult
+    if lean:
+        result = await drive_lean(
+            service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who,
+            fleet=FLEET,
+        )  # fmt: skip
+    else:
+        result = await drive(
+            service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who
+        )
     s = result.summary()
     res = watch.report()
     row = {
@@ -335,6 +395,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     service = Service(args.workers, args.service_log)
     doc: dict[str, Any] = {"service_command": shlex.join(service.command)}
     who = customer_of(args.customer_share, args.customers)
+    lean = args.driver == "lean"
     service.start()
     try:
         ready_s = await service.wait_ready()
@@ -366,6 +427,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "visible_in_all_workers_after_s": visible_s,
         }
         doc["offer_workload"] = {**offers, "audiences": args.audiences}
+        if args.known_devices:
+            doc["known_devices"] = await seed_known_devices(
+                redis_url, service.pseudonym_key, TENANT["tenant_id"], args.known_devices
+            )
+            print(f"known devices: {doc['known_devices']}", flush=True)
         city.features.clear()  # the import bodies: millions of objects the GC would walk
         gc.collect()
         gc.freeze()
@@ -394,16 +460,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # its own at the first rate, reported apart from the curve.
             cfg = config(args.rates[0], 1, args.codec)
             cfg = LoadConfig(**{**_fields(cfg), "duration_s": args.warmup_step_s})
-            doc["warmup_step"] = await run_step(service, sdk, city, cfg, who, "warm-up")
+            doc["warmup_step"] = await run_step(service, sdk, city, cfg, who, "warm-up", lean)
         single: list[dict[str, Any]] = []
         for rate in args.rates:
             cfg = config(rate, 1, args.codec)
-            single.append(await run_step(service, sdk, city, cfg, who, f"single {rate:g}/s"))
+            single.append(await run_step(service, sdk, city, cfg, who, f"single {rate:g}/s", lean))
         batch: list[dict[str, Any]] = []
         for rate in args.batch_rates:
             cfg = config(rate, args.batch, args.batch_codec)
             label = f"batch{args.batch} {rate:g}/s"
-            batch.append(await run_step(service, sdk, city, cfg, who, label))
+            batch.append(await run_step(service, sdk, city, cfg, who, label, lean))
         doc["single"], doc["batch"] = single, batch
 
         audiences: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
@@ -417,7 +483,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         session, service.base_url, keys["secret_key"], state == "on"
                     )
                     label = f"audiences {state} #{n + 1}"
-                    audiences[state].append(await run_step(service, sdk, city, cfg, who, label))
+                    audiences[state].append(
+                        await run_step(service, sdk, city, cfg, who, label, lean)
+                    )
         doc["audiences_compare"] = audiences
     finally:
         doc["service_exit"] = service.stop()
@@ -548,6 +616,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup-s", type=float, default=3.0, help="not recorded, per step")
     ap.add_argument("--warmup-step-s", type=float, default=15.0, help="a warm-up step (0: none)")
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--driver",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="lean: requests planned before each step, sent over raw connections (loadtest/"
+        "lean.py); aiohttp: computed while sending, through aiohttp's client (costs more CPU)",
+    )
+    ap.add_argument(
+        "--known-devices",
+        type=int,
+        default=1_000_000,
+        help="devices with consent and state on record before the ramp (its devices among them)",
+    )
     ap.add_argument("--customers", type=int, default=5_000)
     ap.add_argument("--customer-share", type=float, default=0.3, help="devices with a customer")
     ap.add_argument("--audiences", choices=("on", "off"), default="on", help="during the ramp")

@@ -457,6 +457,8 @@ class Service:
         self.log_path = log_path
         self.port = free_port()
         self.token = secrets.token_urlsafe(24)
+        # Known to the bench so it can seed device records under the service's pseudonyms.
+        self.pseudonym_key = secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
         self.exit: dict[str, Any] = {}
 
@@ -482,6 +484,7 @@ class Service:
         ):
             env.pop(name, None)
         env["GEOSERVICE_OPERATOR_TOKEN"] = self.token
+        env["GEOSERVICE_PSEUDONYM_KEY"] = self.pseudonym_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

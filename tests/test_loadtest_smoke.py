@@ -17,6 +17,7 @@ pytest.importorskip("hdrh")
 from loadtest.bench import customer_of, knee, load_offers, plot, set_audience_offer
 from loadtest.bench_pings import LoadConfig, drive, import_zones
 from loadtest.city import City
+from loadtest.lean import drive_lean
 
 
 async def test_simulator_drives_pings_and_gets_events(
@@ -35,6 +36,35 @@ async def test_simulator_drives_pings_and_gets_events(
     assert result.ok > 0
     assert dict(result.statuses) == {"200": result.ok}, result.error_samples
     assert sum(result.events.values()) >= 1
+    assert result.unfinished == 0
+
+
+@pytest.mark.parametrize(("batch", "codec"), [(1, "json"), (5, "msgpack")])
+async def test_lean_driver_sends_the_simulated_city_and_reads_every_answer(
+    client: TestClient[web.Request, web.Application],
+    make_tenant: TenantFactory,
+    batch: int,
+    codec: str,
+) -> None:
+    tenant = await make_tenant("lean")
+    base_url = str(client.server.make_url("")).rstrip("/")
+    city = City.workload_a(200, seed=1, dwell_s=60)
+    async with aiohttp.ClientSession() as session:
+        await import_zones(session, base_url, tenant.secret_key, city)
+    config = LoadConfig(
+        devices=20, interval_s=1.0, batch=batch, codec=codec, duration_s=3.0, warmup_s=0.5,
+        connections=4,
+    )  # fmt: skip
+    result = await drive_lean(base_url, tenant.sdk_key, city, config)
+
+    assert dict(result.statuses) == {"200": result.ok}, result.error_samples
+    # 20 devices, one request per device per period, over the 3 s window
+    period = config.period_s
+    assert abs(result.scheduled - 20 * 3.0 / period) <= 20
+    assert result.ok == result.scheduled
+    assert result.pings_ok == result.ok * batch
+    assert sum(result.events.values()) >= 1
+    assert result.latency_us.get_total_count() == result.ok
     assert result.unfinished == 0
 
 

@@ -1,0 +1,341 @@
+"""The lean open-loop driver: the simulator's requests are computed before a step, then sent at
+their intended times over raw keep-alive HTTP/1.1 connections.
+
+Why not aiohttp's client here: it costs 0.4-0.7 ms of CPU per request (measured), so on this
+2-core machine the generator, not the service, would set the maximum rate. Here the window
+costs a write, a read, a status-line parse and a body decode per request (`generator_cpu_percent`
+in the results says what it took). What a step sends is the same as `bench_pings.drive`: every
+device walks the city (loadtest/city.py) and reports on its own period; a device's first request
+carries consent; latency runs from the intended send time, so waiting for a free connection
+or behind a slow service counts (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+import orjson
+import psutil
+
+from loadtest.bench_pings import (
+    JSON,
+    MSGPACK,
+    LoadConfig,
+    LoadResult,
+    _cpu_s,
+    _readable,
+    _record,
+    _sample,
+)
+from loadtest.city import City, Device
+
+
+@dataclass
+class Fleet:
+    """The city's phones across steps: each keeps walking from where the last step left it,
+    and only its first request ever carries consent. (Spawning afresh every step would make
+    each device jump on its first request: an exit and an enter nobody walked.)"""
+
+    devices: dict[int, Device] = field(default_factory=dict)
+    consented: set[int] = field(default_factory=set)
+
+    def device(self, city: City, index: int, now_s: float) -> Device:
+        device = self.devices.get(index)
+        if device is None:
+            device = self.devices[index] = city.spawn(f"dev-{index:06d}", now_s)
+        return device
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    intended: float  # seconds after the step's start
+    pings: int
+    wire: bytes  # the whole HTTP request
+
+
+def plan(
+    base_url: str,
+    sdk_key: str,
+    city: City,
+    config: LoadConfig,
+    wall0: float,
+    customer_of: Callable[[int], str | None] | None = None,
+    fleet: Fleet | None = None,
+) -> list[PlannedRequest]:
+    """Every request of the step (warm-up and window) in send order, with its body as the device
+    would send it then: `wall0` is the wall-clock time of the step's start."""
+    codec = MSGPACK if config.codec == "msgpack" else JSON
+    encode: Callable[[Any], bytes] = msgpack.packb if codec == MSGPACK else orjson.dumps
+    host = urlsplit(base_url).netloc
+    head = (
+        f"POST /v1/pings HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {sdk_key}\r\n"
+        f"Content-Type: {codec}\r\nAccept: {codec}\r\nContent-Length: "
+    ).encode()
+    period = config.period_s
+    end = config.warmup_s + config.duration_s
+    fleet = fleet if fleet is not None else Fleet()
+    devices = [fleet.device(city, i, wall0 - period) for i in range(config.devices)]
+    phases = random.Random(config.seed).random
+    schedule = [(phases() * period, i) for i in range(config.devices)]
+    heapq.heapify(schedule)
+    out: list[PlannedRequest] = []
+    while schedule and schedule[0][0] < end:
+        intended, index = schedule[0]
+        heapq.heapreplace(schedule, (intended + period, index))
+        device = devices[index]
+        now_s = wall0 + intended
+        fixes = (
+            city.fixes(device, now_s, config.batch, config.interval_s)
+            if config.batch > 1
+            else [city.fix(device, now_s)]
+        )
+        body: dict[str, Any] = {"device_id": device.device_id, "pings": [f.wire() for f in fixes]}
+        customer = customer_of(index) if customer_of else None
+        if customer is not None:
+            body["customer_id"] = customer
+        if index not in fleet.consented:
+            body["consent"] = {"location": True, "marketing": True}
+            fleet.consented.add(index)
+        data = encode(body)
+        # On a 1 ms grid: the event loop's timers have millisecond resolution, and waiting for
+        # a time between two ticks would spin the CPU instead of sleeping.
+        intended = math.ceil(intended * 1000) / 1000
+        out.append(PlannedRequest(intended, len(fixes), head + b"%d\r\n\r\n" % len(data) + data))
+    return out
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one request at a time (no HTTP pipelining: a phone doesn't)."""
+
+    def __init__(self, on_answer: Callable[[_Connection, int, bytes, str], None]) -> None:
+        self.on_answer = on_answer
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.current: tuple[float, PlannedRequest] | None = None
+        self.sent_at = 0.0
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, intended: float, request: PlannedRequest, now: float) -> None:
+        assert self.transport is not None
+        self.current = (intended, request)
+        self.sent_at = now
+        self.transport.write(request.wire)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 : head.index(b"\r\n", at)]) if at >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return
+            status = int(head[9:12])
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            content_type = ""
+            at = head.find(b"content-type:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at)
+                content_type = head[at + 13 : stop if stop > 0 else len(head)].strip().decode()
+            del self.buffer[: end + 4 + length]
+            self.on_answer(self, status, body, content_type)
+
+
+async def drive_lean(
+    base_url: str,
+    sdk_key: str,
+    city: City,
+    config: LoadConfig,
+    *,
+    on_window: Callable[[bool], None] | None = None,
+    customer_of: Callable[[int], str | None] | None = None,
+    fleet: Fleet | None = None,
+) -> LoadResult:
+    """Same contract as bench_pings.drive, on planned requests and raw connections; with a
+    `fleet`, devices carry on from earlier steps."""
+    loop = asyncio.get_running_loop()
+    result = LoadResult(config)
+    wall0 = time.time() + 2.0  # planning takes a moment; the step starts after it
+    planned = plan(base_url, sdk_key, city, config, wall0, customer_of, fleet)
+    decode: Callable[[bytes], Any] = msgpack.unpackb if config.codec == "msgpack" else orjson.loads
+    t0 = loop.time() + max(0.0, wall0 - time.time())
+    record_from = t0 + config.warmup_s
+    record_to = record_from + config.duration_s
+    seconds = max(1, int(config.duration_s + 0.999))
+    per_second = [{"sent": 0.0, "ok": 0.0, "errors": 0.0, "max_ms": 0.0} for _ in range(seconds)]
+    backlog: collections.deque[tuple[float, PlannedRequest]] = collections.deque()
+    idle: collections.deque[_Connection] = collections.deque()
+    busy: set[_Connection] = set()
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+
+    def answered(conn: _Connection, status: int, raw: bytes, content_type: str) -> None:
+        done = loop.time()
+        assert conn.current is not None
+        intended, request = conn.current
+        conn.current = None
+        busy.discard(conn)
+        if backlog:
+            nxt = backlog.popleft()
+            busy.add(conn)
+            conn.send(nxt[0], nxt[1], done)
+        else:
+            idle.append(conn)
+        finish(intended, request, str(status), raw, content_type, conn.sent_at, done)
+
+    def finish(
+        intended: float,
+        request: PlannedRequest,
+        key: str,
+        raw: bytes,
+        content_type: str,
+        started: float,
+        done: float,
+    ) -> None:
+        if not record_from <= intended < record_to:
+            return
+        second = per_second[min(seconds - 1, int(intended - record_from))]
+        second["sent"] += 1
+        _record(result.send_lag_us, started - intended)
+        result.statuses[key] += 1
+        if key != "200":
+            second["errors"] += 1
+            _sample(result, key, _readable(raw, content_type) if raw else key)
+            return
+        answer = decode(raw)
+        latency = done - intended
+        _record(result.latency_us, latency)
+        second["ok"] += 1
+        second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
+        result.ok += 1
+        result.pings_ok += request.pings
+        events = answer.get("events", ())
+        for event in events:
+            result.events[event["type"]] += 1
+        if not events:
+            _record(result.quiet_latency_us, latency)
+        for item in answer.get("ignored", ()):
+            result.ignored[item["reason"]] += 1
+        offers = len(answer.get("offers", ()))
+        if offers:
+            result.offers += offers
+            _record(result.offer_latency_us, latency)
+
+    async def open_connection() -> _Connection:
+        _, conn = await loop.create_connection(lambda: _Connection(answered), host, port)
+        return conn
+
+    connections = [await open_connection() for _ in range(config.connections)]
+    idle.extend(connections)
+    me = psutil.Process()
+    window_open = False
+    cpu_at_open = 0.0
+    next_check = loop.time() + 0.5
+
+    replacing: set[asyncio.Task[None]] = set()
+
+    def start_replacement() -> None:
+        task = loop.create_task(replace())
+        replacing.add(task)
+        task.add_done_callback(replacing.discard)
+
+    def check_timeouts(now: float) -> None:
+        """A request past the client timeout fails; its connection is replaced."""
+        for conn in list(busy):
+            if conn.current is not None and now - conn.sent_at > config.request_timeout_s:
+                intended, request = conn.current
+                conn.current = None
+                busy.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.abort()
+                finish(intended, request, "timeout", b"", "", conn.sent_at, now)
+                start_replacement()
+            elif conn.transport is None and conn.current is not None:
+                intended, request = conn.current
+                conn.current = None
+                busy.discard(conn)
+                finish(intended, request, "ServerDisconnected", b"", "", conn.sent_at, now)
+                start_replacement()
+
+    async def replace() -> None:
+        conn = await open_connection()
+        if backlog:
+            nxt = backlog.popleft()
+            busy.add(conn)
+            conn.send(nxt[0], nxt[1], loop.time())
+        else:
+            idle.append(conn)
+
+    # Every loop here ends: the plan is finite, the drain has a hard deadline.
+    position = 0
+    while position < len(planned):
+        now = loop.time()
+        if not window_open and now >= record_from:
+            window_open = True
+            cpu_at_open = _cpu_s(me)
+            if on_window:
+                on_window(True)
+        while position < len(planned) and t0 + planned[position].intended <= now:
+            request = planned[position]
+            position += 1
+            intended = t0 + request.intended
+            if intended >= record_from:
+                result.scheduled += 1
+            while idle and idle[0].transport is None:
+                idle.popleft()
+            if idle:
+                conn = idle.popleft()
+                busy.add(conn)
+                conn.send(intended, request, now)
+            else:
+                backlog.append((intended, request))
+        in_flight = len(busy) + len(backlog)
+        if in_flight > result.max_in_flight and now >= record_from:
+            result.max_in_flight = in_flight
+        if now >= next_check:
+            check_timeouts(now)
+            next_check = now + 0.5
+        if position < len(planned):
+            wake = t0 + planned[position].intended
+            if not window_open:
+                wake = min(wake, record_from)
+            await asyncio.sleep(max(0.001, wake - loop.time()))
+    if not window_open:
+        cpu_at_open = _cpu_s(me)
+        if on_window:
+            on_window(True)
+    await asyncio.sleep(max(0.0, record_to - loop.time()))
+    result.generator_cpu_s = _cpu_s(me) - cpu_at_open
+    result.window_s = config.duration_s
+    if on_window:
+        on_window(False)
+    hard_stop = loop.time() + config.request_timeout_s + 2.0
+    while (busy or backlog) and loop.time() < hard_stop:
+        await asyncio.sleep(0.05)
+        check_timeouts(loop.time())
+    result.unfinished = len(busy) + len(backlog)
+    for conn in [*busy, *idle]:
+        if conn.transport is not None:
+            conn.transport.close()
+    result.per_second = per_second
+    return result
