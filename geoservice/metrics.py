@@ -4,6 +4,7 @@ mode (PROMETHEUS_MULTIPROC_DIR, set by the parent before the workers start) sums
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +45,14 @@ WEBHOOK_LAG_SECONDS = Histogram(
     "Time from an event entering the event stream to its receiver answering 2xx",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0),
 )
+
+
+def request_series(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The counter and the duration histogram of one (route, method, status)."""
+    return (
+        REQUESTS.labels(route, method, str(status)),
+        REQUEST_SECONDS.labels(route, method, str(status)),
+    )
 
 
 def render() -> tuple[bytes, str]:
