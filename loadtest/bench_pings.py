@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import heapq
+import itertools
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ import orjson
 import psutil  # type: ignore[import-untyped]
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
+from geoservice.embedded_redis import _die_with_parent
 from loadtest.city import City, Device, split_zone_count
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pings.json"
@@ -137,7 +139,7 @@ def _record(h: HdrHistogram, seconds: float) -> None:
 
 
 async def drive(
-    base_url: str,
+    base_url: str | Sequence[str],
     sdk_key: str,
     city: City,
     config: LoadConfig,
@@ -152,11 +154,15 @@ async def drive(
     inside [warmup, warmup + duration) are recorded. `on_window(True/False)` is called when
     the recorded window opens and closes (resource sampling hooks onto it). `customer_of(i)`,
     when given, is the customer_id device i pings with (None: an anonymous device).
+
+    Several base URLs (service instances) are used in turn, request by request, as a
+    round-robin load balancer would; each gets an equal share of the keep-alive connections.
     """
     loop = asyncio.get_running_loop()
     result = LoadResult(config)
     period = config.period_s
-    url = f"{base_url}/v1/pings"
+    bases = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls = itertools.cycle([f"{base}/v1/pings" for base in bases])
     codec = MSGPACK if config.codec == "msgpack" else JSON
     headers = {"Authorization": f"Bearer {sdk_key}", "Content-Type": codec, "Accept": codec}
     encode: Callable[[Any], bytes] = msgpack.packb if codec == MSGPACK else orjson.dumps
@@ -196,7 +202,7 @@ async def drive(
         key = "200"
         answer: Any = None
         try:
-            async with session.post(url, data=encode(body), headers=headers) as response:
+            async with session.post(next(urls), data=encode(body), headers=headers) as response:
                 raw = await response.read()
                 key = str(response.status)
                 if response.status == 200:
@@ -239,7 +245,8 @@ async def drive(
             result.offers += offers
             _record(result.offer_latency_us, latency)
 
-    connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=config.connections)
+    per_instance = -(-config.connections // len(bases))
+    connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=per_instance)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
     window_open = False
     cpu_at_open = 0.0
@@ -449,14 +456,23 @@ def free_port() -> int:
 
 
 class Service:
-    """`python -m geoservice serve` as a subprocess with its private embedded Redis; output
-    (the service logs to stderr) goes to a file."""
+    """`python -m geoservice serve` as a subprocess, with its private embedded Redis or, given
+    `env` with a REDIS_URL (and the secrets it requires), on that Redis; output (the service
+    logs to stderr) goes to a file. It gets SIGTERM if this process dies."""
 
-    def __init__(self, workers: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        workers: int,
+        log_path: Path,
+        *,
+        token: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.workers = workers
         self.log_path = log_path
         self.port = free_port()
-        self.token = secrets.token_urlsafe(24)
+        self.token = token or secrets.token_urlsafe(24)
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.exit: dict[str, Any] = {}
 
@@ -481,11 +497,17 @@ class Service:
             "GEOSERVICE_MAX_IN_FLIGHT",
         ):
             env.pop(name, None)
+        env.update(self.env)
         env["GEOSERVICE_OPERATOR_TOKEN"] = self.token
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
             )
 
     async def wait_ready(self, deadline_s: float = 120.0, needed: int = 10) -> float:
@@ -559,10 +581,16 @@ def _machine_busy_s() -> float:
 
 
 class ResourceWatch:
-    """CPU and RSS of the service tree over the recorded window; redis-server kept apart."""
+    """CPU and RSS of the service tree(s) over the recorded window; redis-server kept apart.
+    `redis_nodes` (pid -> label) are Redis processes outside those trees (a cluster's nodes)."""
 
-    def __init__(self, root_pid: int) -> None:
-        self.root = psutil.Process(root_pid)
+    def __init__(
+        self, root_pid: int, *more_roots: int, redis_nodes: Mapping[int, str] | None = None
+    ) -> None:
+        self.roots = [psutil.Process(pid) for pid in (root_pid, *more_roots)]
+        self.root = self.roots[0]
+        self.node_labels = dict(redis_nodes or {})
+        self.nodes = [psutil.Process(pid) for pid in self.node_labels]
         self.start_cpu: dict[int, float] = {}
         self.end_cpu: dict[int, float] = {}
         self.roles: dict[int, str] = {}
@@ -575,13 +603,16 @@ class ResourceWatch:
         self.load_start = self.load_end = (0.0, 0.0, 0.0)
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        tree: list[psutil.Process] = []
+        for root in self.roots:
+            with contextlib.suppress(psutil.Error):
+                tree += [root, *root.children(recursive=True)]
+        return tree + self.nodes
 
     def _role(self, process: psutil.Process) -> str:
-        if process.pid == self.root.pid:
+        if process.pid in self.node_labels:
+            return "redis"
+        if any(process.pid == root.pid for root in self.roots):
             return "main"
         name = _name(process)
         if "redis" in name:
@@ -632,6 +663,7 @@ class ResourceWatch:
                 {
                     "pid": pid,
                     "role": role,
+                    **({"node": self.node_labels[pid]} if pid in self.node_labels else {}),
                     "cpu_percent": round(100 * cpu / wall, 1),
                     "rss_mb": round(self.rss_last.get(pid, 0) / 2**20, 1),
                     "rss_peak_mb": round(self.rss_peak.get(pid, 0) / 2**20, 1),
