@@ -89,6 +89,8 @@ class LoadResult:
     offer_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
     # Requests that fired no event at all: the fast path, one script round trip.
     quiet_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
+    # Per service instance (base URL) when the load is spread over several.
+    instance_latency_us: dict[str, HdrHistogram] = field(default_factory=dict)
     generator_cpu_s: float = 0.0
     window_s: float = 0.0
 
@@ -114,6 +116,9 @@ class LoadResult:
             "offers_per_s": round(self.offers / d, 2),
             "offer_latency_ms": _percentiles(self.offer_latency_us),
             "no_event_latency_ms": _percentiles(self.quiet_latency_us),
+            "latency_ms_by_instance": {
+                base: _percentiles(h) for base, h in sorted(self.instance_latency_us.items())
+            },
             "generator_cpu_percent": round(
                 100 * self.generator_cpu_s / max(self.window_s, 1e-9), 1
             ),
@@ -162,7 +167,10 @@ async def drive(
     result = LoadResult(config)
     period = config.period_s
     bases = [base_url] if isinstance(base_url, str) else list(base_url)
-    urls = itertools.cycle([f"{base}/v1/pings" for base in bases])
+    urls = itertools.cycle(bases)
+    if len(bases) > 1:
+        for base in bases:
+            result.instance_latency_us[base] = HdrHistogram(1, HIST_MAX_US, 3)
     codec = MSGPACK if config.codec == "msgpack" else JSON
     headers = {"Authorization": f"Bearer {sdk_key}", "Content-Type": codec, "Accept": codec}
     encode: Callable[[Any], bytes] = msgpack.packb if codec == MSGPACK else orjson.dumps
@@ -185,6 +193,7 @@ async def drive(
 
     async def send(index: int, intended: float) -> None:
         started = loop.time()
+        base = next(urls)
         recorded = record_from <= intended < record_to
         device = devices[index]
         now_s = time.time()
@@ -202,7 +211,9 @@ async def drive(
         key = "200"
         answer: Any = None
         try:
-            async with session.post(next(urls), data=encode(body), headers=headers) as response:
+            async with session.post(
+                f"{base}/v1/pings", data=encode(body), headers=headers
+            ) as response:
                 raw = await response.read()
                 key = str(response.status)
                 if response.status == 200:
@@ -229,6 +240,8 @@ async def drive(
             return
         latency = done - intended
         _record(result.latency_us, latency)
+        if base in result.instance_latency_us:
+            _record(result.instance_latency_us[base], latency)
         second["ok"] += 1
         second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
         result.ok += 1

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import key_slot
 
-from loadtest.bench_pings import ResourceWatch, Service, scan_log
+from geoservice import keys
+from loadtest.bench_pings import TENANT, ResourceWatch, Service, scan_log
 from loadtest.cluster import RedisClusterHarness
+
+BENCH_TENANT = str(TENANT["tenant_id"])
 
 
 def redis_url_from_log(path: Path, deadline_s: float = 10.0) -> str:
@@ -59,7 +63,9 @@ class CommandStats:
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per primary: commands and their server-side microseconds in the window (INFO itself
-        left out), and EVALSHA (the fence script: one per ping request) on its own."""
+        left out), and EVALSHA (the fence script: one per ping request) on its own. Commands a
+        script calls are counted on their own line too, and their time is also inside the
+        script's: `usec` over all commands counts that time twice; `evalsha_usec` does not."""
         out: dict[str, dict[str, Any]] = {}
         for label, after in self.after.items():
             before = self.before.get(label, {})
@@ -73,6 +79,7 @@ class CommandStats:
                 "calls": sum(c for c, _ in delta.values()),
                 "usec": sum(u for _, u in delta.values()),
                 "evalsha_calls": evalsha_calls,
+                "evalsha_usec": evalsha_usec,
                 "evalsha_usec_per_call": round(evalsha_usec / evalsha_calls, 2)
                 if evalsha_calls
                 else None,
@@ -117,6 +124,7 @@ class Deployment:
         ]
         self.primaries: dict[str, str] = {}  # label -> URL, for INFO commandstats
         self.redis_nodes: dict[int, str] = {}  # pid -> label, cluster nodes only
+        self.hot_keys: dict[str, str] = {}  # single-slot keys every instance or event hits
 
     @property
     def base_urls(self) -> list[str]:
@@ -136,11 +144,16 @@ class Deployment:
                 flush=True,
             )
             pids = self.cluster.pids()
-            for role in self.cluster.roles_sync():
+            roles = self.cluster.roles_sync()
+            for role in roles:
                 label = f"{role.port} primary" if role.primary else f"{role.port} replica"
                 self.redis_nodes[pids[role.port]] = label
                 if role.primary:
                     self.primaries[label] = f"redis://127.0.0.1:{role.port}"
+            for key in (keys.CHANGES, keys.events(BENCH_TENANT), keys.TENANT_IDS):
+                slot = key_slot(key.encode())
+                port = next(r.port for r in roles if r.primary and r.serves(slot))
+                self.hot_keys[key] = f"slot {slot} on {port} primary"
             # Each instance gets other startup nodes, as two machines would be configured.
             addresses = [n.address for n in self.cluster.nodes]
             for i, service in enumerate(self.services):
@@ -183,6 +196,7 @@ class Deployment:
             "redis_urls": [s.env.get("REDIS_URL", "embedded") for s in self.services],
             "redis_nodes": sorted(self.redis_nodes.values()),
             "redis_primaries": sorted(self.primaries),
+            "hot_keys": self.hot_keys,
         }
 
     def stop(self) -> dict[str, Any]:
