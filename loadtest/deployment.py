@@ -145,8 +145,13 @@ class Deployment:
             )
             pids = self.cluster.pids()
             roles = self.cluster.roles_sync()
+            port_of = {r.node_id: r.port for r in roles}
             for role in roles:
-                label = f"{role.port} primary" if role.primary else f"{role.port} replica"
+                label = (
+                    f"{role.port} primary"
+                    if role.primary
+                    else f"{role.port} replica of {port_of.get(role.primary_id or '', '?')}"
+                )
                 self.redis_nodes[pids[role.port]] = label
                 if role.primary:
                     self.primaries[label] = f"redis://127.0.0.1:{role.port}"
