@@ -574,7 +574,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("achieved pings/s")
         ax.set_ylabel("latency ms (from intended send time)")
-        ax.set_title(f"{key} ({rows[0]['codec'] if rows else ''})")
+        setup = doc.get("deployment", {})
+        where = (
+            f", {setup['instances']} instances on a Redis Cluster"
+            if setup.get("redis") == "cluster"
+            else ""
+        )
+        ax.set_title(f"{key} ({rows[0]['codec'] if rows else ''}){where}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
