@@ -59,8 +59,11 @@ test-cluster: install
 	$(BIN)/pytest -q -s -m cluster
 
 # The full benchmark: a ramp of rates, knees, Redis round trips, offers (loadtest/RESULTS.md).
+# CLUSTER=1: the same on a 3+3 Redis Cluster of its own with two service instances
+# (results/latest-cluster.json). BENCH_ARGS passes options on (python -m loadtest.bench --help).
+CLUSTER ?=
 bench: install
-	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+	$(BIN)/python -m loadtest.bench $(if $(filter 1 yes true,$(CLUSTER)),--cluster) $(BENCH_ARGS)
 
 bench-index: install
 	$(BIN)/python -m loadtest.bench_index

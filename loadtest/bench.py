@@ -1,5 +1,7 @@
 """`make bench`: the full benchmark. Starts geoservice, loads the city and its offers, ramps
-single pings then batches open-loop, finds the knees, counts Redis round trips per no-event ping."""
+single pings then batches open-loop, finds the knees, counts Redis round trips per no-event ping.
+`--cluster` (`make bench CLUSTER=1`): the same on a Redis Cluster of our own (3 primaries + 3
+replicas on loopback) with two service instances, requests spread over both."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import random
-import re
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from geoservice.fences import device_pseudonym
 from geoservice.keys import device_consent, device_state
@@ -29,18 +33,16 @@ from loadtest.bench_pings import (
     TENANT,
     LoadConfig,
     LoadResult,
-    ResourceWatch,
-    Service,
     ZoneProbe,
     create_tenant,
     drive,
     import_zones,
     machine,
-    scan_log,
     source_version,
     wait_all_workers_see,
 )
 from loadtest.city import City, split_zone_count
+from loadtest.deployment import Deployment
 from loadtest.lean import Fleet, drive_lean
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -183,18 +185,6 @@ async def load_offers(
 # -- Redis round trips on the no-event path -------------------------------------------------
 
 
-def redis_url_from_log(path: Path, deadline_s: float = 10.0) -> str:
-    """The service announces its embedded Redis on stdout (captured in the log file)."""
-    pattern = re.compile(rb"embedded Redis at (unix://\S+)")
-    ends = time.monotonic() + deadline_s
-    while time.monotonic() < ends:
-        match = pattern.search(path.read_bytes()) if path.exists() else None
-        if match:
-            return match.group(1).decode()
-        time.sleep(0.1)
-    raise RuntimeError(f"no 'embedded Redis at' line in {path}")
-
-
 # Known devices: what a retailer's Redis holds after a day of traffic. Each gets the consent
 # record and the geofence state the fence script keeps (fences.py), under the service's own
 # pseudonyms and key layout, so the ramp's devices are among them and Redis works on a keyspace
@@ -213,37 +203,58 @@ SEED_CHUNK = 5_000
 
 
 async def seed_known_devices(
-    redis_url: str, pseudonym_key: str, tenant_id: str, count: int
+    primaries: Sequence[str], pseudonym_key: str, tenant_id: str, count: int
 ) -> dict[str, Any]:
-    """`count` devices dev-000000… with consent on record and a day-old state (embedded Redis:
-    keys travel as ARGV, which only a single server allows)."""
+    """`count` devices dev-000000… with consent on record and an hour-old state. Keys travel as
+    ARGV, so each chunk goes to the primary that owns its devices' slots (a device's keys share
+    its hash tag); one primary: all of them."""
     started = time.perf_counter()
-    client = aioredis.Redis.from_url(redis_url)
+    clients = [aioredis.Redis.from_url(url) for url in primaries]
+    owner_of_slot: list[int] = [0] * 16384
     key = pseudonym_key.encode()
     now_ms = int(time.time() * 1000)
     try:
-        seed = client.register_script(SEED_DEVICES_LUA)
+        if len(clients) > 1:
+            port_of = [int(url.rsplit(":", 1)[1]) for url in primaries]
+            for first, last, master, *_ in await clients[0].execute_command("CLUSTER", "SLOTS"):
+                owner = port_of.index(int(master[1]))
+                owner_of_slot[first : last + 1] = [owner] * (last - first + 1)
+        scripts = [client.register_script(SEED_DEVICES_LUA) for client in clients]
         for first in range(0, count, SEED_CHUNK):
-            args: list[Any] = [now_ms]
+            chunks: list[list[Any]] = [[now_ms] for _ in clients]
             for i in range(first, min(count, first + SEED_CHUNK)):
                 device = device_pseudonym(key, tenant_id, f"dev-{i:06d}")
-                args += [device_state(device), device_consent(device)]
-            await seed(keys=[], args=args)
-        memory = await client.info("memory")
-        size = await client.dbsize()
+                state = device_state(device)
+                chunk = chunks[owner_of_slot[key_slot(state.encode())] if len(clients) > 1 else 0]
+                chunk += [state, device_consent(device)]
+            for script, args in zip(scripts, chunks, strict=True):
+                if len(args) > 1:
+                    await script(keys=[], args=args)
+        used_mb = 0.0
+        size = 0
+        for client in clients:
+            used_mb += (await client.info("memory"))["used_memory"] / 2**20
+            size += await client.dbsize()
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
     return {
         "devices": count,
         "seconds": round(time.perf_counter() - started, 1),
         "redis_keys": size,
-        "redis_used_memory_mb": round(memory["used_memory"] / 2**20, 1),
+        "redis_used_memory_mb": round(used_mb, 1),
     }
 
 
-async def _commandstats(client: aioredis.Redis) -> dict[str, int]:
-    stats = await client.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+async def _commandstats(clients: Sequence[aioredis.Redis]) -> dict[str, int]:
+    """Calls per command, summed over the primaries (replicas repeat their writes: left out)."""
+    total: dict[str, int] = {}
+    for client in clients:
+        stats = await client.info("commandstats")
+        for k, v in stats.items():
+            name = k.removeprefix("cmdstat_")
+            total[name] = total.get(name, 0) + int(v["calls"])
+    return total
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -251,11 +262,12 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 async def count_no_event_round_trips(
-    base: str, sdk_key: str, redis_url: str, devices: int = 300
+    base: str, sdk_key: str, redis_urls: Sequence[str], devices: int = 300
 ) -> dict[str, Any]:
-    """Commands per ping far from every zone (mid South Pacific): commandstats before and after,
-    minus the background rate (change feed etc.) measured idle over the same time."""
-    client = aioredis.Redis.from_url(redis_url)
+    """Commands per ping far from every zone (mid South Pacific): commandstats before and after
+    (summed over the primaries), minus the background rate (change feed etc.) measured idle
+    over the same time."""
+    clients = [aioredis.Redis.from_url(url) for url in redis_urls]
     headers = {"Authorization": f"Bearer {sdk_key}", "Content-Type": JSON}
     url = f"{base}/v1/pings"
 
@@ -280,14 +292,15 @@ async def count_no_event_round_trips(
         async with aiohttp.ClientSession() as session:
             await ping_all(session, consent=True)  # records consent: not the steady path
             await asyncio.sleep(1.5)  # past the per-device rate limit's refill
-            idle0, t0 = await _commandstats(client), time.perf_counter()
+            idle0, t0 = await _commandstats(clients), time.perf_counter()
             await asyncio.sleep(2.0)
-            idle1, t1 = await _commandstats(client), time.perf_counter()
-            before, t2 = await _commandstats(client), time.perf_counter()
+            idle1, t1 = await _commandstats(clients), time.perf_counter()
+            before, t2 = await _commandstats(clients), time.perf_counter()
             statuses = await ping_all(session, consent=False)
-            after, t3 = await _commandstats(client), time.perf_counter()
+            after, t3 = await _commandstats(clients), time.perf_counter()
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
     idle = _delta(idle1, idle0)
     busy = _delta(after, before)
     scale = (t3 - t2) / max(1e-9, t1 - t0)
@@ -316,7 +329,7 @@ async def count_no_event_round_trips(
 
 
 async def run_step(
-    service: Service,
+    deployment: Deployment,
     sdk_key: str,
     city: City,
     config: LoadConfig,
@@ -324,24 +337,30 @@ async def run_step(
     label: str,
     lean: bool = True,
 ) -> dict[str, Any]:
-    assert service.process is not None
-    watch = ResourceWatch(service.process.pid)
+    deployment.check_running()
+    watch = deployment.watch()
+    counters = deployment.command_stats()
 
     def on_window(opening: bool) -> None:
         (watch.open if opening else watch.close)()
+        (counters.open if opening else counters.close)()
 
     result: LoadResult
-    if lean:
-        result = await drive_lean(
-            service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who,
-            fleet=FLEET,
-        )  # fmt: skip
-    else:
-        result = await drive(
-            service.base_url, sdk_key, city, config, on_window=on_window, customer_of=who
-        )
+    try:
+        if lean:
+            result = await drive_lean(
+                deployment.base_urls, sdk_key, city, config, on_window=on_window,
+                customer_of=who, fleet=FLEET,
+            )  # fmt: skip
+        else:
+            result = await drive(
+                deployment.base_urls, sdk_key, city, config, on_window=on_window, customer_of=who
+            )
+    finally:
+        counters.close_clients()
     s = result.summary()
     res = watch.report()
+    commands = counters.report()
     row = {
         "step": label,
         "batch": config.batch,
@@ -360,21 +379,64 @@ async def run_step(
         "offers_per_s": s["offers_per_s"],
         "offer_latency_ms": s["offer_latency_ms"],
         "no_event_latency_ms": s["no_event_latency_ms"],
+        "latency_ms_by_instance": s["latency_ms_by_instance"],
+        "per_second": result.per_second,
         "service_cpu_percent": res["service_cpu_percent"],
         "service_rss_mb": res["service_rss_mb"],
         "redis_cpu_percent": res["redis_cpu_percent"],
         "generator_cpu_percent": s["generator_cpu_percent"],
         "machine_cpu_percent": res["machine_cpu_percent"],
+        "load_average_1m_at_start_end": res["load_average_1m_at_start_end"],
+        "processes": res["processes"],
+        "redis_commandstats": commands,
+        **cpu_costs(s, res, commands, config.duration_s),
     }
     lat = row["latency_ms"]
     print(
         f"  {label:<22} {row['pings_per_s']:>8} pings/s  p50 {lat.get('p50', '-'):>7} "
         f"p99 {lat.get('p99', '-'):>8} p99.9 {lat.get('p99.9', '-'):>8} ms  errors "
         f"{row['errors']:>4}  offers/s {row['offers_per_s']:>6}  service CPU "
-        f"{row['service_cpu_percent']:>5} %  generator {row['generator_cpu_percent']:>5} %",
+        f"{row['service_cpu_percent']:>5} %  redis {row['redis_cpu_percent']:>5} %  generator "
+        f"{row['generator_cpu_percent']:>5} %  load {res['load_average_1m_at_start_end'][1]:.2f}",
         flush=True,
     )
     return row
+
+
+def cpu_costs(
+    summary: dict[str, Any],
+    resources: dict[str, Any],
+    commands: dict[str, dict[str, Any]],
+    window_s: float,
+) -> dict[str, Any]:
+    """CPU milliseconds per answered request and per ping: the service's processes, every Redis
+    process, per Redis node (process CPU), and per primary the fence script's own time."""
+    requests = float(summary["requests_per_s"]) or float("nan")
+    pings = float(summary["pings_per_s"]) or float("nan")
+
+    def ms(percent: float, per: float) -> float | None:
+        value = 10 * percent / per  # percent of a core = 10 ms of CPU per second
+        return None if value != value else round(value, 4)  # NaN: nothing answered
+
+    service = float(resources["service_cpu_percent"])
+    redis_all = float(resources["redis_cpu_percent"])
+    nodes = {
+        p["node"]: ms(float(p["cpu_percent"]), requests)
+        for p in resources["processes"]
+        if "node" in p
+    }
+    # The fence script's time (usec over the window) as a percent of a core, then per request.
+    per_primary = {
+        label: ms(c["evalsha_usec"] / 1e4 / window_s, requests) for label, c in commands.items()
+    }
+    return {
+        "service_cpu_ms_per_request": ms(service, requests),
+        "service_cpu_ms_per_ping": ms(service, pings),
+        "redis_cpu_ms_per_request": ms(redis_all, requests),
+        "redis_cpu_ms_per_ping": ms(redis_all, pings),
+        "redis_node_cpu_ms_per_request": nodes,
+        "redis_evalsha_ms_per_request_by_primary": per_primary,
+    }
 
 
 def _fields(config: LoadConfig) -> dict[str, Any]:
@@ -392,29 +454,39 @@ def knee(rows: list[dict[str, Any]], limit_ms: float) -> dict[str, Any] | None:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     circles, polygons = split_zone_count(args.zones)
     city = City.workload_a(args.zones, seed=args.seed, dwell_s=60)
-    service = Service(args.workers, args.service_log)
-    doc: dict[str, Any] = {"service_command": shlex.join(service.command)}
+    deployment = Deployment(
+        workers=args.workers,
+        instances=args.instances,
+        cluster=args.cluster,
+        log_stem=args.out.with_suffix(""),
+    )
+    doc: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
     who = customer_of(args.customer_share, args.customers)
     lean = args.driver == "lean"
-    service.start()
     try:
-        ready_s = await service.wait_ready()
-        redis_url = redis_url_from_log(args.service_log)
-        print(f"service ready in {ready_s:.1f} s at {service.base_url}, Redis {redis_url}")
+        deployment.start()  # in the main thread: the cluster's nodes die with it
+        ready_s = await deployment.ready()
+        doc["deployment"] = deployment.describe()
+        doc["service_command"] = " & ".join(deployment.commands)
+        base = deployment.base_urls[0]  # set-up goes to one instance, like a back office
+        print(
+            f"service ready in {ready_s:.1f} s at {', '.join(deployment.base_urls)}; Redis "
+            f"primaries {', '.join(deployment.primaries.values())}",
+            flush=True,
+        )
         timeout = aiohttp.ClientTimeout(total=900)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            keys = await create_tenant(session, service.base_url, service.token)
+            keys = await create_tenant(session, base, deployment.token)
             started = time.perf_counter()
-            calls = await import_zones(session, service.base_url, keys["secret_key"], city)
+            calls = await import_zones(session, base, keys["secret_key"], city)
             import_s = time.perf_counter() - started
-            probe = ZoneProbe(service.base_url, keys["sdk_key"], city)
-            visible_s = await wait_all_workers_see(probe, args.workers, 120.0)
-            offers = await load_offers(
-                session, service.base_url, keys["secret_key"], args.customers, args.seed
-            )
-            await set_audience_offer(
-                session, service.base_url, keys["secret_key"], args.audiences == "on"
-            )
+            visible: list[float | None] = []
+            for service in deployment.services:  # the others apply it from the change feed
+                probe = ZoneProbe(service.base_url, keys["sdk_key"], city)
+                visible.append(await wait_all_workers_see(probe, service.workers, 120.0))
+            visible_s = None if None in visible else max(v for v in visible if v is not None)
+            offers = await load_offers(session, base, keys["secret_key"], args.customers, args.seed)
+            await set_audience_offer(session, base, keys["secret_key"], args.audiences == "on")
         print(
             f"{len(city)} zones ({circles} circles, {polygons} polygons) imported in "
             f"{import_s:.1f} s, in every worker {visible_s} s later; offers: {offers}",
@@ -429,7 +501,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         doc["offer_workload"] = {**offers, "audiences": args.audiences}
         if args.known_devices:
             doc["known_devices"] = await seed_known_devices(
-                redis_url, service.pseudonym_key, TENANT["tenant_id"], args.known_devices
+                list(deployment.primaries.values()),
+                deployment.services[0].pseudonym_key,
+                TENANT["tenant_id"],
+                args.known_devices,
             )
             print(f"known devices: {doc['known_devices']}", flush=True)
         city.features.clear()  # the import bodies: millions of objects the GC would walk
@@ -437,7 +512,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         gc.freeze()
 
         doc["no_event_path"] = await count_no_event_round_trips(
-            service.base_url, keys["sdk_key"], redis_url
+            base, keys["sdk_key"], list(deployment.primaries.values())
         )
         print(f"no-event path: {doc['no_event_path']['commands_per_ping']}", flush=True)
 
@@ -460,16 +535,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # its own at the first rate, reported apart from the curve.
             cfg = config(args.rates[0], 1, args.codec)
             cfg = LoadConfig(**{**_fields(cfg), "duration_s": args.warmup_step_s})
-            doc["warmup_step"] = await run_step(service, sdk, city, cfg, who, "warm-up", lean)
+            doc["warmup_step"] = await run_step(deployment, sdk, city, cfg, who, "warm-up", lean)
         single: list[dict[str, Any]] = []
         for rate in args.rates:
+            label = f"single {rate:g}/s"
             cfg = config(rate, 1, args.codec)
-            single.append(await run_step(service, sdk, city, cfg, who, f"single {rate:g}/s", lean))
+            single.append(await run_step(deployment, sdk, city, cfg, who, label, lean))
         batch: list[dict[str, Any]] = []
         for rate in args.batch_rates:
             cfg = config(rate, args.batch, args.batch_codec)
             label = f"batch{args.batch} {rate:g}/s"
-            batch.append(await run_step(service, sdk, city, cfg, who, label, lean))
+            batch.append(await run_step(deployment, sdk, city, cfg, who, label, lean))
         doc["single"], doc["batch"] = single, batch
 
         audiences: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
@@ -479,17 +555,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             order = [("on", "off"), ("off", "on")] * args.compare_audiences_rounds
             async with aiohttp.ClientSession() as session:
                 for n, state in enumerate(s for pair in order for s in pair):
-                    await set_audience_offer(
-                        session, service.base_url, keys["secret_key"], state == "on"
-                    )
+                    await set_audience_offer(session, base, keys["secret_key"], state == "on")
                     label = f"audiences {state} #{n + 1}"
                     audiences[state].append(
-                        await run_step(service, sdk, city, cfg, who, label, lean)
+                        await run_step(deployment, sdk, city, cfg, who, label, lean)
                     )
         doc["audiences_compare"] = audiences
     finally:
-        doc["service_exit"] = service.stop()
-        doc["service_log"] = scan_log(args.service_log, None)
+        stopped = deployment.stop()
+        doc["service_exit"] = stopped["service_1"]
+        doc["service_log"] = stopped["service_1_log"]
+        doc["teardown"] = stopped
+        doc["load_average_at_end"] = os.getloadavg()
     return doc
 
 
@@ -585,7 +662,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("achieved pings/s")
         ax.set_ylabel("latency ms (from intended send time)")
-        ax.set_title(f"{key} ({rows[0]['codec'] if rows else ''})")
+        setup = doc.get("deployment", {})
+        where = (
+            f", {setup['instances']} instances on a Redis Cluster"
+            if setup.get("redis") == "cluster"
+            else ""
+        )
+        ax.set_title(f"{key} ({rows[0]['codec'] if rows else ''}){where}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -604,7 +687,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         return [float(x) for x in text.split(",") if x]
 
     ap.add_argument("--zones", type=int, default=20_000, help="workload (a) scaled to this many")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="service worker processes in all (with --cluster: split evenly over the instances)",
+    )
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a Redis Cluster of our own (3 primaries + 3 replicas on loopback) with "
+        "--instances geoservice processes, requests spread over them",
+    )
+    ap.add_argument("--instances", type=int, default=2, help="service instances with --cluster")
     ap.add_argument("--rates", type=rates, default=[200, 400, 700, 1000, 1500], help="req/s")
     ap.add_argument("--batch-rates", type=rates, default=[100, 200, 400, 700], help="req/s")
     ap.add_argument("--batch", type=int, default=20, help="pings per batched request")
@@ -640,14 +735,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--compare-audiences-rounds", type=int, default=1, help="on-off-off-on rounds")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: loadtest/results/latest.json, with --cluster latest-cluster.json; the "
+        "plot (.png) and the service logs (-service*.log) go beside it",
+    )
     args = ap.parse_args(argv)
-    args.service_log = args.out.with_name(args.out.stem + "-service.log")
+    if args.out is None:
+        args.out = RESULTS_DIR / ("latest-cluster.json" if args.cluster else "latest.json")
+    if args.workers < 1 or args.instances < 1:
+        ap.error("--workers and --instances must be at least 1")
+    if args.cluster and args.workers % args.instances:
+        ap.error(f"--workers {args.workers} cannot be split evenly over {args.instances} instances")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM as Ctrl-C: the runner cancels the run, whose clean-up stops the services and then
+    # the cluster (asyncio.Runner turns SIGINT into a cancellation of the main task).
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
         import uvloop

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import heapq
+import itertools
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ import orjson
 import psutil  # type: ignore[import-untyped]
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
+from geoservice.embedded_redis import _die_with_parent
 from loadtest.city import City, Device, split_zone_count
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pings.json"
@@ -87,6 +89,8 @@ class LoadResult:
     offer_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
     # Requests that fired no event at all: the fast path, one script round trip.
     quiet_latency_us: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HIST_MAX_US, 3))
+    # Per service instance (base URL) when the load is spread over several.
+    instance_latency_us: dict[str, HdrHistogram] = field(default_factory=dict)
     generator_cpu_s: float = 0.0
     window_s: float = 0.0
 
@@ -112,6 +116,9 @@ class LoadResult:
             "offers_per_s": round(self.offers / d, 2),
             "offer_latency_ms": _percentiles(self.offer_latency_us),
             "no_event_latency_ms": _percentiles(self.quiet_latency_us),
+            "latency_ms_by_instance": {
+                base: _percentiles(h) for base, h in sorted(self.instance_latency_us.items())
+            },
             "generator_cpu_percent": round(
                 100 * self.generator_cpu_s / max(self.window_s, 1e-9), 1
             ),
@@ -137,7 +144,7 @@ def _record(h: HdrHistogram, seconds: float) -> None:
 
 
 async def drive(
-    base_url: str,
+    base_url: str | Sequence[str],
     sdk_key: str,
     city: City,
     config: LoadConfig,
@@ -152,11 +159,18 @@ async def drive(
     inside [warmup, warmup + duration) are recorded. `on_window(True/False)` is called when
     the recorded window opens and closes (resource sampling hooks onto it). `customer_of(i)`,
     when given, is the customer_id device i pings with (None: an anonymous device).
+
+    Several base URLs (service instances) are used in turn, request by request, as a
+    round-robin load balancer would; each gets an equal share of the keep-alive connections.
     """
     loop = asyncio.get_running_loop()
     result = LoadResult(config)
     period = config.period_s
-    url = f"{base_url}/v1/pings"
+    bases = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls = itertools.cycle(bases)
+    if len(bases) > 1:
+        for base in bases:
+            result.instance_latency_us[base] = HdrHistogram(1, HIST_MAX_US, 3)
     codec = MSGPACK if config.codec == "msgpack" else JSON
     headers = {"Authorization": f"Bearer {sdk_key}", "Content-Type": codec, "Accept": codec}
     encode: Callable[[Any], bytes] = msgpack.packb if codec == MSGPACK else orjson.dumps
@@ -179,6 +193,7 @@ async def drive(
 
     async def send(index: int, intended: float) -> None:
         started = loop.time()
+        base = next(urls)
         recorded = record_from <= intended < record_to
         device = devices[index]
         now_s = time.time()
@@ -196,7 +211,9 @@ async def drive(
         key = "200"
         answer: Any = None
         try:
-            async with session.post(url, data=encode(body), headers=headers) as response:
+            async with session.post(
+                f"{base}/v1/pings", data=encode(body), headers=headers
+            ) as response:
                 raw = await response.read()
                 key = str(response.status)
                 if response.status == 200:
@@ -223,6 +240,8 @@ async def drive(
             return
         latency = done - intended
         _record(result.latency_us, latency)
+        if base in result.instance_latency_us:
+            _record(result.instance_latency_us[base], latency)
         second["ok"] += 1
         second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
         result.ok += 1
@@ -239,7 +258,8 @@ async def drive(
             result.offers += offers
             _record(result.offer_latency_us, latency)
 
-    connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=config.connections)
+    per_instance = -(-config.connections // len(bases))
+    connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=per_instance)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
     window_open = False
     cpu_at_open = 0.0
@@ -449,16 +469,28 @@ def free_port() -> int:
 
 
 class Service:
-    """`python -m geoservice serve` as a subprocess with its private embedded Redis; output
-    (the service logs to stderr) goes to a file."""
+    """`python -m geoservice serve` as a subprocess, with its private embedded Redis or, given
+    `env` with a REDIS_URL (and the secrets it requires), on that Redis; output (the service
+    logs to stderr) goes to a file. It gets SIGTERM if this process dies."""
 
-    def __init__(self, workers: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        workers: int,
+        log_path: Path,
+        *,
+        token: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.workers = workers
         self.log_path = log_path
         self.port = free_port()
-        self.token = secrets.token_urlsafe(24)
-        # Known to the bench so it can seed device records under the service's pseudonyms.
-        self.pseudonym_key = secrets.token_urlsafe(24)
+        self.token = token or secrets.token_urlsafe(24)
+        self.env = dict(env or {})
+        # Known to the bench so it can seed device records under the service's pseudonyms
+        # (instances on one cluster share it through `env`).
+        self.pseudonym_key = self.env.setdefault(
+            "GEOSERVICE_PSEUDONYM_KEY", secrets.token_urlsafe(24)
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.exit: dict[str, Any] = {}
 
@@ -483,12 +515,17 @@ class Service:
             "GEOSERVICE_MAX_IN_FLIGHT",
         ):
             env.pop(name, None)
+        env.update(self.env)
         env["GEOSERVICE_OPERATOR_TOKEN"] = self.token
-        env["GEOSERVICE_PSEUDONYM_KEY"] = self.pseudonym_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
             )
 
     async def wait_ready(self, deadline_s: float = 120.0, needed: int = 10) -> float:
@@ -562,10 +599,16 @@ def _machine_busy_s() -> float:
 
 
 class ResourceWatch:
-    """CPU and RSS of the service tree over the recorded window; redis-server kept apart."""
+    """CPU and RSS of the service tree(s) over the recorded window; redis-server kept apart.
+    `redis_nodes` (pid -> label) are Redis processes outside those trees (a cluster's nodes)."""
 
-    def __init__(self, root_pid: int) -> None:
-        self.root = psutil.Process(root_pid)
+    def __init__(
+        self, root_pid: int, *more_roots: int, redis_nodes: Mapping[int, str] | None = None
+    ) -> None:
+        self.roots = [psutil.Process(pid) for pid in (root_pid, *more_roots)]
+        self.root = self.roots[0]
+        self.node_labels = dict(redis_nodes or {})
+        self.nodes = [psutil.Process(pid) for pid in self.node_labels]
         self.start_cpu: dict[int, float] = {}
         self.end_cpu: dict[int, float] = {}
         self.roles: dict[int, str] = {}
@@ -578,13 +621,16 @@ class ResourceWatch:
         self.load_start = self.load_end = (0.0, 0.0, 0.0)
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        tree: list[psutil.Process] = []
+        for root in self.roots:
+            with contextlib.suppress(psutil.Error):
+                tree += [root, *root.children(recursive=True)]
+        return tree + self.nodes
 
     def _role(self, process: psutil.Process) -> str:
-        if process.pid == self.root.pid:
+        if process.pid in self.node_labels:
+            return "redis"
+        if any(process.pid == root.pid for root in self.roots):
             return "main"
         name = _name(process)
         if "redis" in name:
@@ -635,6 +681,7 @@ class ResourceWatch:
                 {
                     "pid": pid,
                     "role": role,
+                    **({"node": self.node_labels[pid]} if pid in self.node_labels else {}),
                     "cpu_percent": round(100 * cpu / wall, 1),
                     "rss_mb": round(self.rss_last.get(pid, 0) / 2**20, 1),
                     "rss_peak_mb": round(self.rss_peak.get(pid, 0) / 2**20, 1),

@@ -15,19 +15,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+import itertools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
 import orjson
-import psutil
+import psutil  # type: ignore[import-untyped]
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from loadtest.bench_pings import (
+    HIST_MAX_US,
     JSON,
     MSGPACK,
     LoadConfig,
@@ -117,7 +120,10 @@ def plan(
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one request at a time (no HTTP pipelining: a phone doesn't)."""
 
-    def __init__(self, on_answer: Callable[[_Connection, int, bytes, str], None]) -> None:
+    def __init__(
+        self, instance: int, on_answer: Callable[[_Connection, int, bytes, str], None]
+    ) -> None:
+        self.instance = instance
         self.on_answer = on_answer
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -162,7 +168,7 @@ class _Connection(asyncio.Protocol):
 
 
 async def drive_lean(
-    base_url: str,
+    base_url: str | Sequence[str],
     sdk_key: str,
     city: City,
     config: LoadConfig,
@@ -172,22 +178,33 @@ async def drive_lean(
     fleet: Fleet | None = None,
 ) -> LoadResult:
     """Same contract as bench_pings.drive, on planned requests and raw connections; with a
-    `fleet`, devices carry on from earlier steps."""
+    `fleet`, devices carry on from earlier steps. Several base URLs (service instances) take
+    the requests in turn, as a round-robin load balancer would, each over its equal share of
+    the connections."""
+    bases = [base_url] if isinstance(base_url, str) else list(base_url)
+    if len(bases) > 1:
+        result_histograms = {b: HdrHistogram(1, HIST_MAX_US, 3) for b in bases}
+    else:
+        result_histograms = {}
     loop = asyncio.get_running_loop()
     result = LoadResult(config)
     wall0 = time.time() + 2.0  # planning takes a moment; the step starts after it
-    planned = plan(base_url, sdk_key, city, config, wall0, customer_of, fleet)
+    planned = plan(bases[0], sdk_key, city, config, wall0, customer_of, fleet)
+    result.instance_latency_us.update(result_histograms)
     decode: Callable[[bytes], Any] = msgpack.unpackb if config.codec == "msgpack" else orjson.loads
     t0 = loop.time() + max(0.0, wall0 - time.time())
     record_from = t0 + config.warmup_s
     record_to = record_from + config.duration_s
     seconds = max(1, int(config.duration_s + 0.999))
     per_second = [{"sent": 0.0, "ok": 0.0, "errors": 0.0, "max_ms": 0.0} for _ in range(seconds)]
-    backlog: collections.deque[tuple[float, PlannedRequest]] = collections.deque()
-    idle: collections.deque[_Connection] = collections.deque()
+    # per instance: requests waiting for a connection, connections waiting for a request
+    backlogs: list[collections.deque[tuple[float, PlannedRequest]]] = [
+        collections.deque() for _ in bases
+    ]
+    idles: list[collections.deque[_Connection]] = [collections.deque() for _ in bases]
+    turn = itertools.cycle(range(len(bases)))
     busy: set[_Connection] = set()
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    addresses = [(urlsplit(b).hostname or "127.0.0.1", urlsplit(b).port or 80) for b in bases]
 
     def answered(conn: _Connection, status: int, raw: bytes, content_type: str) -> None:
         done = loop.time()
@@ -195,13 +212,16 @@ async def drive_lean(
         intended, request = conn.current
         conn.current = None
         busy.discard(conn)
+        backlog = backlogs[conn.instance]
         if backlog:
             nxt = backlog.popleft()
             busy.add(conn)
             conn.send(nxt[0], nxt[1], done)
         else:
-            idle.append(conn)
+            idles[conn.instance].append(conn)
         finish(intended, request, str(status), raw, content_type, conn.sent_at, done)
+        if result_histograms and record_from <= intended < record_to and status == 200:
+            _record(result_histograms[bases[conn.instance]], done - intended)
 
     def finish(
         intended: float,
@@ -241,12 +261,15 @@ async def drive_lean(
             result.offers += offers
             _record(result.offer_latency_us, latency)
 
-    async def open_connection() -> _Connection:
-        _, conn = await loop.create_connection(lambda: _Connection(answered), host, port)
+    async def open_connection(instance: int) -> _Connection:
+        host, port = addresses[instance]
+        _, conn = await loop.create_connection(lambda: _Connection(instance, answered), host, port)
         return conn
 
-    connections = [await open_connection() for _ in range(config.connections)]
-    idle.extend(connections)
+    per_instance = -(-config.connections // len(bases))
+    for instance in range(len(bases)):
+        for _ in range(per_instance):
+            idles[instance].append(await open_connection(instance))
     me = psutil.Process()
     window_open = False
     cpu_at_open = 0.0
@@ -254,8 +277,8 @@ async def drive_lean(
 
     replacing: set[asyncio.Task[None]] = set()
 
-    def start_replacement() -> None:
-        task = loop.create_task(replace())
+    def start_replacement(instance: int) -> None:
+        task = loop.create_task(replace(instance))
         replacing.add(task)
         task.add_done_callback(replacing.discard)
 
@@ -269,22 +292,22 @@ async def drive_lean(
                 if conn.transport is not None:
                     conn.transport.abort()
                 finish(intended, request, "timeout", b"", "", conn.sent_at, now)
-                start_replacement()
+                start_replacement(conn.instance)
             elif conn.transport is None and conn.current is not None:
                 intended, request = conn.current
                 conn.current = None
                 busy.discard(conn)
                 finish(intended, request, "ServerDisconnected", b"", "", conn.sent_at, now)
-                start_replacement()
+                start_replacement(conn.instance)
 
-    async def replace() -> None:
-        conn = await open_connection()
-        if backlog:
-            nxt = backlog.popleft()
+    async def replace(instance: int) -> None:
+        conn = await open_connection(instance)
+        if backlogs[instance]:
+            nxt = backlogs[instance].popleft()
             busy.add(conn)
             conn.send(nxt[0], nxt[1], loop.time())
         else:
-            idle.append(conn)
+            idles[instance].append(conn)
 
     # Every loop here ends: the plan is finite, the drain has a hard deadline.
     position = 0
@@ -301,6 +324,8 @@ async def drive_lean(
             intended = t0 + request.intended
             if intended >= record_from:
                 result.scheduled += 1
+            instance = next(turn)
+            idle = idles[instance]
             while idle and idle[0].transport is None:
                 idle.popleft()
             if idle:
@@ -308,8 +333,8 @@ async def drive_lean(
                 busy.add(conn)
                 conn.send(intended, request, now)
             else:
-                backlog.append((intended, request))
-        in_flight = len(busy) + len(backlog)
+                backlogs[instance].append((intended, request))
+        in_flight = len(busy) + sum(len(b) for b in backlogs)
         if in_flight > result.max_in_flight and now >= record_from:
             result.max_in_flight = in_flight
         if now >= next_check:
@@ -330,11 +355,11 @@ async def drive_lean(
     if on_window:
         on_window(False)
     hard_stop = loop.time() + config.request_timeout_s + 2.0
-    while (busy or backlog) and loop.time() < hard_stop:
+    while (busy or any(backlogs)) and loop.time() < hard_stop:
         await asyncio.sleep(0.05)
         check_timeouts(loop.time())
-    result.unfinished = len(busy) + len(backlog)
-    for conn in [*busy, *idle]:
+    result.unfinished = len(busy) + sum(len(b) for b in backlogs)
+    for conn in [*busy, *(c for idle in idles for c in idle)]:
         if conn.transport is not None:
             conn.transport.close()
     result.per_second = per_second

@@ -1,4 +1,4 @@
-"""geoservice on a real Redis Cluster (tests/cluster.py: 3 primaries, 3 replicas on loopback),
+"""geoservice on a real Redis Cluster (loadtest/cluster.py: 3 primaries, 3 replicas on loopback),
 two service instances at once: the whole ping -> event -> offer -> redemption path, zone
 changes crossing instances, erasure leaving nothing on any node, and a primary killed under
 load. Figures of the failover are printed (run with -s to see them), never asserted as timings.
@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from geoservice import keys
 from geoservice.fences import device_pseudonym
 from geoservice.http.state import OFFERS, STORE, ZONES
-from tests.cluster import RedisClusterHarness
+from loadtest.cluster import RedisClusterHarness
 from tests.conftest import OPERATOR, AppClientFactory, TenantKeys, make_settings
 from tests.redis_state import flatten, state_of
 

@@ -14,7 +14,7 @@ from tests.conftest import TenantFactory
 
 pytest.importorskip("hdrh")
 
-from loadtest.bench import customer_of, knee, load_offers, plot, set_audience_offer
+from loadtest.bench import cpu_costs, customer_of, knee, load_offers, plot, set_audience_offer
 from loadtest.bench_pings import LoadConfig, drive, import_zones
 from loadtest.city import City
 from loadtest.lean import drive_lean
@@ -102,3 +102,26 @@ async def test_bench_offers_knee_and_plot(
     assert knee(rows[3:], 10.0) is None
     plot({"single": rows, "batch": rows}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cpu_costs_per_request_ping_node_and_primary() -> None:
+    """The capacity figures of make bench: percent of a core over the window -> CPU ms."""
+    summary = {"requests_per_s": 400.0, "pings_per_s": 8000.0}
+    resources = {
+        "service_cpu_percent": 40.0,
+        "redis_cpu_percent": 8.0,
+        "processes": [
+            {"role": "main", "cpu_percent": 40.0},
+            {"role": "redis", "node": "7001 primary", "cpu_percent": 6.0},
+            {"role": "redis", "node": "7004 replica", "cpu_percent": 2.0},
+        ],
+    }
+    commands = {"7001 primary": {"evalsha_usec": 600_000}}  # 0.6 s of scripts in 15 s
+    costs = cpu_costs(summary, resources, commands, window_s=15.0)
+    assert costs["service_cpu_ms_per_request"] == 1.0
+    assert costs["service_cpu_ms_per_ping"] == 0.05
+    assert costs["redis_cpu_ms_per_request"] == 0.2
+    assert costs["redis_node_cpu_ms_per_request"] == {"7001 primary": 0.15, "7004 replica": 0.05}
+    assert costs["redis_evalsha_ms_per_request_by_primary"] == {"7001 primary": 0.1}
+    idle = cpu_costs({"requests_per_s": 0.0, "pings_per_s": 0.0}, resources, {}, 15.0)
+    assert idle["service_cpu_ms_per_request"] is None

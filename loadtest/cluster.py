@@ -1,10 +1,14 @@
-"""A real Redis Cluster on loopback for the tests: three primaries and three replicas, each a
-`redis-server` of its own in a temporary folder, joined with `redis-cli --cluster create`.
+"""A real Redis Cluster on loopback: three primaries and three replicas, each a `redis-server`
+of its own in a temporary folder, joined with `redis-cli --cluster create`. One implementation
+for the cluster tests (tests/test_cluster.py) and `make bench CLUSTER=1` (loadtest/bench.py).
 
 Every node gets two free ports: its client port and, set explicitly with `cluster-port`, its
 cluster bus port (the default bus port is client port + 10000, which for a port from the
-ephemeral range can be past 65535). Nodes die with the test process (PR_SET_PDEATHSIG), so an
-interrupted run leaves no redis-server behind; `stop()` kills them and removes the folder.
+ephemeral range can be past 65535). Nodes run in a session of their own, so a Ctrl-C reaches
+the caller, which stops what uses the cluster first and the cluster last; they get SIGTERM when
+the thread that started them dies (PR_SET_PDEATHSIG: call `start()` from the main thread), so
+a killed run leaves no redis-server behind. `stop()` kills them and removes the folder; the
+harness is also a context manager.
 
 The control helpers (kill a primary, wait for a failover, flush) talk to the nodes directly;
 tests use them to drive the cluster, never to synchronise by sleeping.
@@ -132,6 +136,13 @@ class RedisClusterHarness:
 
     # -- life cycle ---------------------------------------------------------------------------
 
+    def __enter__(self) -> RedisClusterHarness:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def start(self) -> None:
         for binary in ("redis-server", "redis-cli"):
             if shutil.which(binary) is None:
@@ -181,6 +192,7 @@ class RedisClusterHarness:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         log.close()
 
@@ -233,6 +245,10 @@ class RedisClusterHarness:
             return "(no log)"
 
     # -- what the service and the tests connect to ----------------------------------------------
+
+    def pids(self) -> dict[int, int]:
+        """Client port -> pid of every live node."""
+        return {n.port: n.process.pid for n in self.nodes if n.process and n.alive}
 
     def url(self, seeds: int = 2) -> str:
         """`redis+cluster://` with the first `seeds` nodes as startup nodes."""
