@@ -28,6 +28,7 @@ from redis.crc import key_slot
 
 from geoservice.fences import device_pseudonym
 from geoservice.keys import device_consent, device_state
+from loadtest import wrk
 from loadtest.bench_pings import (
     JSON,
     TENANT,
@@ -43,9 +44,12 @@ from loadtest.bench_pings import (
 )
 from loadtest.city import City, split_zone_count
 from loadtest.deployment import Deployment
-from loadtest.lean import Fleet, drive_lean
+from loadtest.lean import Fleet, drive_lean, plan
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# What wrk's requests are planned for (req/s): above what it reaches, so runs rarely cycle.
+WRK_PLAN_RATE_SINGLE = 8_000
+WRK_PLAN_RATE_BATCH = 2_500
 # One population of phones for the whole run: every step continues their walks.
 FLEET = Fleet()
 SINGLE_P99_MS = 10.0
@@ -548,6 +552,38 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             batch.append(await run_step(deployment, sdk, city, cfg, who, label, lean))
         doc["single"], doc["batch"] = single, batch
 
+        if args.wrk_connections and wrk.available():
+            # Maximum rates with a lean C generator (closed loop), after the open-loop ramp.
+            doc["wrk"] = {}
+            for kind, size, codec, limit in (
+                ("single", 1, args.codec, SINGLE_P99_MS),
+                ("batch", args.batch, args.batch_codec, BATCH_P99_MS),
+            ):
+                rate = WRK_PLAN_RATE_SINGLE if size == 1 else WRK_PLAN_RATE_BATCH
+                cfg = config(rate, size, codec)
+                # Enough requests for every run without cycling, stamped over the next minute
+                # (the service takes fixes up to 5 minutes ahead of its clock).
+                span_s = max(30.0, args.wrk_duration_s * len(args.wrk_connections))
+                cfg = LoadConfig(**{**_fields(cfg), "warmup_s": 0.0, "duration_s": span_s})
+                planned = plan(deployment.base_urls[0], sdk, city, cfg, time.time(), who, FLEET)
+                print(f"wrk, {kind} ({len(planned)} planned requests, cycled):", flush=True)
+                rows = await asyncio.to_thread(
+                    wrk.run,
+                    deployment.base_urls,
+                    planned,
+                    args.wrk_connections,
+                    args.wrk_duration_s,
+                    size,
+                )
+                top = wrk.best(rows, limit)
+                doc["wrk"][kind] = {
+                    "runs": rows,
+                    "best_within_limit": top,
+                    "p99_limit_ms": limit,
+                }
+        elif args.wrk_connections:
+            doc["wrk"] = {"skipped": "wrk is not installed (Debian: apt-get install wrk)"}
+
         audiences: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         if args.compare_audiences_rate > 0:
             cfg = config(args.compare_audiences_rate, 1, args.codec)
@@ -583,6 +619,10 @@ def summarise(doc: dict[str, Any]) -> None:
         "redis_round_trips_per_no_event_ping"
     ]
     doc["curve"] = doc["single"] + doc["batch"]
+    for kind in ("single", "batch"):
+        top = doc.get("wrk", {}).get(kind, {}).get("best_within_limit")
+        doc[f"wrk_max_{kind}_pings_per_s"] = top["pings_per_s"] if top else None
+        doc[f"wrk_p99_ms_at_max_{kind}"] = top["latency_ms"]["p99"] if top else None
     a = doc["audiences_compare"]
     if a["on"] and a["off"]:
 
@@ -638,6 +678,10 @@ def print_table(doc: dict[str, Any]) -> None:
         "knee_batch_pings_per_s",
         "p99_ms_at_knee_batch",
         "redis_round_trips_per_no_event_ping",
+        "wrk_max_single_pings_per_s",
+        "wrk_p99_ms_at_max_single",
+        "wrk_max_batch_pings_per_s",
+        "wrk_p99_ms_at_max_batch",
         "audiences_cpu_per_request_ratio_on_off",
         "audiences_p50_ratio_on_off",
         "audiences_p99_ratio_on_off",
@@ -686,7 +730,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     def rates(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x]
 
-    ap.add_argument("--zones", type=int, default=20_000, help="workload (a) scaled to this many")
+    def rates_int(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    ap.add_argument("--zones", type=int, default=105_000, help="workload (a) scaled to this many")
     ap.add_argument(
         "--workers",
         type=int,
@@ -700,17 +747,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--instances geoservice processes, requests spread over them",
     )
     ap.add_argument("--instances", type=int, default=2, help="service instances with --cluster")
-    ap.add_argument("--rates", type=rates, default=[200, 400, 700, 1000, 1500], help="req/s")
-    ap.add_argument("--batch-rates", type=rates, default=[100, 200, 400, 700], help="req/s")
+    ap.add_argument(
+        "--rates", type=rates, default=[500, 1000, 1500, 2000, 2500, 3000, 4000], help="req/s"
+    )
+    ap.add_argument(
+        "--batch-rates", type=rates, default=[50, 100, 150, 200, 300, 400, 600], help="req/s"
+    )
     ap.add_argument("--batch", type=int, default=20, help="pings per batched request")
     ap.add_argument("--codec", choices=("json", "msgpack"), default="json", help="single pings")
     ap.add_argument("--batch-codec", choices=("json", "msgpack"), default="msgpack")
     ap.add_argument("--interval-s", type=float, default=5.0, help="between a device's requests")
     ap.add_argument("--batch-interval-s", type=float, default=1.0, help="between batched fixes")
-    ap.add_argument("--duration-s", type=float, default=15.0, help="recorded, per step")
+    ap.add_argument("--duration-s", type=float, default=10.0, help="recorded, per step")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="not recorded, per step")
     ap.add_argument("--warmup-step-s", type=float, default=15.0, help="a warm-up step (0: none)")
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--wrk-connections",
+        type=rates_int,
+        default=[4, 8, 16, 32],
+        help="wrk runs after the ramp, one per connection count ('': none)",
+    )
+    ap.add_argument("--wrk-duration-s", type=float, default=8.0)
     ap.add_argument(
         "--driver",
         choices=("lean", "aiohttp"),
@@ -730,7 +788,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--compare-audiences-rate",
         type=float,
-        default=400,
+        default=0,
         help="single req/s of extra steps with and without the audience offer (0: skip)",
     )
     ap.add_argument("--compare-audiences-rounds", type=int, default=1, help="on-off-off-on rounds")
