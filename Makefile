@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 WORKERS ?= 1
 
-.PHONY: install run test test-cluster lint bench bench-index bench-pings clean redis-server chromium
+.PHONY: install run test test-cluster lint bench bench-index bench-pings clean redis-server chromium wrk
 
 install: $(STAMP) redis-server
 
@@ -27,6 +27,15 @@ redis-server:
 	  else \
 	    echo "redis-server is not on PATH: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) or set REDIS_URL"; exit 1; \
 	  fi; }
+
+# Debian's wrk for make bench's maximum-rate runs; without it those runs are skipped.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk with apt-get (for make bench)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || true; \
+	  fi; \
+	  command -v wrk >/dev/null 2>&1 || echo "wrk is not installed (Debian/Ubuntu: sudo apt-get install wrk): make bench skips its maximum-rate runs"; }
 
 # Debian's chromium for the browser tests: playwright drives it and never downloads a browser.
 chromium:
@@ -62,7 +71,7 @@ test-cluster: install
 # CLUSTER=1: the same on a 3+3 Redis Cluster of its own with two service instances
 # (results/latest-cluster.json). BENCH_ARGS passes options on (python -m loadtest.bench --help).
 CLUSTER ?=
-bench: install
+bench: install wrk
 	$(BIN)/python -m loadtest.bench $(if $(filter 1 yes true,$(CLUSTER)),--cluster) $(BENCH_ARGS)
 
 bench-index: install

@@ -125,3 +125,33 @@ def test_cpu_costs_per_request_ping_node_and_primary() -> None:
     assert costs["redis_evalsha_ms_per_request_by_primary"] == {"7001 primary": 0.1}
     idle = cpu_costs({"requests_per_s": 0.0, "pings_per_s": 0.0}, resources, {}, 15.0)
     assert idle["service_cpu_ms_per_request"] is None
+
+
+def test_wrk_output_is_read_in_milliseconds_and_the_best_run_is_within_the_limit() -> None:
+    from loadtest import wrk
+
+    output = """Running 8s test @ http://127.0.0.1:1
+  1 threads and 8 connections
+  Latency Distribution
+     50%  850.00us
+     75%    1.20ms
+     90%    2.50ms
+     99%   12.03ms
+  22000 requests in 8.00s, 3.50MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 5
+Requests/sec:   2750.12
+"""
+    row = wrk.parse(output)
+    assert row["requests_per_s"] == 2750.12
+    assert row["latency_ms"] == {"p50": 0.85, "p75": 1.2, "p90": 2.5, "p99": 12.03}
+    assert row["non_2xx"] == 5
+    assert row["socket_errors"] == 3
+
+    def run(pings: float, p99: float, non_2xx: int = 0) -> dict[str, Any]:
+        return {"pings_per_s": pings, "latency_ms": {"p99": p99}, "non_2xx": non_2xx,
+                "socket_errors": 0}  # fmt: skip
+
+    runs = [run(1000, 3), run(2000, 9), run(3000, 8, non_2xx=1), run(4000, 30)]
+    assert wrk.best(runs, 10.0) == runs[1]
+    assert wrk.best(runs[3:], 10.0) is None
