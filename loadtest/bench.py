@@ -50,6 +50,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # What wrk's requests are planned for (req/s): above what it reaches, so runs rarely cycle.
 WRK_PLAN_RATE_SINGLE = 8_000
 WRK_PLAN_RATE_BATCH = 2_500
+# The warm-up step's highest rate (req/s) while every device of the run pings once.
+WARMUP_RATE = 1_000
 # One population of phones for the whole run: every step continues their walks.
 FLEET = Fleet()
 SINGLE_P99_MS = 10.0
@@ -535,10 +537,27 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         sdk = keys["sdk_key"]
         if args.warmup_step_s > 0:
-            # Caches, connections, interpreter warm-up and first-request consent writes: a step of
-            # its own at the first rate, reported apart from the curve.
-            cfg = config(args.rates[0], 1, args.codec)
-            cfg = LoadConfig(**{**_fields(cfg), "duration_s": args.warmup_step_s})
+            # Caches, connections, interpreter warm-up, and every device of the run pinging
+            # once (consent, the zones it is in): the steps then see phones that were already
+            # walking, not a crowd of first contacts each firing an enter and earning an offer.
+            # A step of its own, at most WARMUP_RATE req/s, reported apart from the curve.
+            fleet_size = max(
+                [cfg.devices for cfg in (config(r, 1, args.codec) for r in args.rates)]
+                + [
+                    cfg.devices
+                    for cfg in (config(r, args.batch, args.batch_codec) for r in args.batch_rates)
+                ]
+            )
+            period = max(args.warmup_step_s, fleet_size / WARMUP_RATE)
+            cfg = LoadConfig(
+                **{
+                    **_fields(config(args.rates[0], 1, args.codec)),
+                    "devices": fleet_size,
+                    "interval_s": period,
+                    "warmup_s": 0.0,
+                    "duration_s": period,
+                }
+            )
             doc["warmup_step"] = await run_step(deployment, sdk, city, cfg, who, "warm-up", lean)
         single: list[dict[str, Any]] = []
         for rate in args.rates:
