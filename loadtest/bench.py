@@ -47,9 +47,6 @@ from loadtest.deployment import Deployment
 from loadtest.lean import Fleet, drive_lean, plan
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# What wrk's requests are planned for (req/s): above what it reaches, so runs rarely cycle.
-WRK_PLAN_RATE_SINGLE = 8_000
-WRK_PLAN_RATE_BATCH = 2_500
 # The warm-up step's highest rate (req/s) while every device of the run pings once.
 WARMUP_RATE = 1_000
 # One population of phones for the whole run: every step continues their walks.
@@ -578,11 +575,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 ("single", 1, args.codec, SINGLE_P99_MS),
                 ("batch", args.batch, args.batch_codec, BATCH_P99_MS),
             ):
-                rate = WRK_PLAN_RATE_SINGLE if size == 1 else WRK_PLAN_RATE_BATCH
+                # The run's own devices (all walking since the warm-up): new ones would make
+                # wrk's first seconds a crowd of first contacts, enters and offers.
+                rate = max(args.rates if size == 1 else args.batch_rates, default=0)
+                if not rate:
+                    continue
                 cfg = config(rate, size, codec)
-                # Enough requests for every run without cycling, stamped over the next minute
-                # (the service takes fixes up to 5 minutes ahead of its clock).
-                span_s = max(30.0, args.wrk_duration_s * len(args.wrk_connections))
+                # Enough requests for every run without cycling, stamped over the next minutes
+                # (the service takes fixes up to 5 minutes ahead of its clock; wrk may send
+                # them faster than planned, which the devices' rate limit allows up to its
+                # burst).
+                span_s = max(60.0, 2 * args.wrk_duration_s * len(args.wrk_connections))
                 cfg = LoadConfig(**{**_fields(cfg), "warmup_s": 0.0, "duration_s": span_s})
                 planned = plan(deployment.base_urls[0], sdk, city, cfg, time.time(), who, FLEET)
                 print(f"wrk, {kind} ({len(planned)} planned requests, cycled):", flush=True)
