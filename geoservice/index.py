@@ -1064,6 +1064,10 @@ class ZoneIndex:
             if not isinstance(s, Circle):
                 self._polys[first + j] = s
                 circ[first + j, 0] = self._pv_append(_poly_record(s))
+        # fresh copies of the ids, allocated in slot order: a lookup returns the ids of zones
+        # near each other, and their objects (touched to count references) then share cache
+        # lines instead of lying wherever the caller allocated them
+        ids = [zid.encode().decode() for zid in ids]
         self._slot_zone_np[first : first + len(ids)] = ids
         self._slot_zone.extend(ids)
         return first
@@ -1101,7 +1105,7 @@ class ZoneIndex:
         col[first : first + len(ids)] = -1.0 - col[first : first + len(ids)]
         for j, zid in enumerate(ids):
             old = self._zone_slot.get(zid)
-            self._zone_slot[zid] = first + j
+            self._zone_slot[self._slot_zone[first + j]] = first + j
             if old is not None:
                 self._retire(old)
 

@@ -357,7 +357,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def _jit(fn: _F) -> _F:
     try:
-        out = cast(_F, numba.njit(cache=True, nogil=True)(fn))
+        out = cast(_F, numba.njit(cache=True)(fn))
     except RuntimeError:
         # no writable cache directory (read-only install and no NUMBA_CACHE_DIR): compile per
         # process instead
@@ -367,7 +367,7 @@ def _jit(fn: _F) -> _F:
             RuntimeWarning,
             stacklevel=2,
         )
-        out = cast(_F, numba.njit(nogil=True)(fn))
+        out = cast(_F, numba.njit(fn))
     return out
 
 
@@ -699,22 +699,30 @@ def lookup_point(
 
 
 @_jit
+def _grow(a: I64, need: int) -> I64:
+    if need <= a.shape[0]:
+        return a
+    out = np.empty(max(need, 2 * a.shape[0]), np.int64)
+    out[: a.shape[0]] = a
+    return out
+
+
+@_jit
 def lookup_points(
     lat: F64, lon: F64, qs: I64, res: int, tab: I64, ov: I64, circ: F64, pv: F64
 ) -> tuple[I64, I64, I64]:
     """Batch form: (point index, slot) of every hit, in point order, and the indices of the
     points whose cells must come from h3 (then call again with their cells in qs; qs empty:
-    compute every cell)."""
+    compute every cell). Runs level by level over all points rather than point by point: the
+    probes of different points do not depend on each other, so their cache misses overlap."""
     n_pts = lat.shape[0]
-    cap = max(64, n_pts)
-    pts = np.empty(cap, np.int64)
-    codes = np.empty(cap, np.int64)
-    fallback = np.empty(16, np.int64)
+    q = np.zeros(n_pts, np.int64)
+    unit_xyz = np.empty((n_pts, 3), np.float64)
+    fallback = np.empty(n_pts, np.int64)
     n_fb = 0
-    n = 0
     for j in range(n_pts):
         if qs.shape[0]:
-            q = qs[j]
+            c = qs[j]
             la = lat[j] * _DEG
             lo = lon[j] * _DEG
             cl = math.cos(la)
@@ -722,24 +730,135 @@ def lookup_points(
             py = cl * math.sin(lo)
             pz = math.sin(la)
         else:
-            q, px, py, pz = _cell(lat[j], lon[j], res)
-            if q < 0:
-                if n_fb == fallback.shape[0]:
-                    fallback = np.concatenate((fallback, np.empty(n_fb, np.int64)))
+            c, px, py, pz = _cell(lat[j], lon[j], res)
+            if c < 0:
                 fallback[n_fb] = j
                 n_fb += 1
                 continue
-        while True:
-            tail = codes[n:]
-            m = _point(q, tab, ov, circ, pv, lat[j], lon[j], px, py, pz, tail, 0)
-            if m <= tail.shape[0]:
-                break
-            cap = 2 * cap + m
-            codes = np.concatenate((codes, np.empty(cap - codes.shape[0], np.int64)))
-            pts = np.concatenate((pts, np.empty(cap - pts.shape[0], np.int64)))
-        pts[n : n + m] = j
-        n += m
-    return pts[:n], codes[:n], fallback[:n_fb]
+        q[j] = c
+        unit_xyz[j, 0] = px
+        unit_xyz[j, 1] = py
+        unit_xyz[j, 2] = pz
+    # which fine levels to probe per point (coarse ones: all)
+    n_levels = tab[TAB_N_LEVELS]
+    n_fine = tab[TAB_N_FINE]
+    mask = np.zeros(n_pts, np.int64)
+    if n_fine:
+        f_off = tab[TAB_FILTER_OFF]
+        f_shift = tab[TAB_FILTER_SHIFT]
+        for j in range(n_pts):
+            if q[j] == EMPTY:
+                continue
+            anc = (q[j] & FILTER_CLEAR) | FILTER_SET
+            i = f_off + 2 * _home(anc, f_shift)
+            while True:
+                k = tab[i]
+                if k == anc:
+                    mask[j] = tab[i + 1]
+                    break
+                if k == EMPTY:
+                    break
+                i += 2
+    # candidates: (point, table value: a code, or -(multi offset + 1))
+    cand_pt = np.empty(max(16, 2 * n_pts), np.int64)
+    cand_v = np.empty(max(16, 2 * n_pts), np.int64)
+    n_c = 0
+    for lv in range(n_levels):
+        h = TAB_HEADER + TAB_LEVEL_COLS * lv
+        off = tab[h]
+        shift = tab[h + 1]
+        pclear = tab[h + 2]
+        pset = tab[h + 3]
+        bit = 1 << lv if lv < n_fine else 0
+        for j in range(n_pts):
+            if q[j] == EMPTY or (bit and not mask[j] & bit):
+                continue
+            p = (q[j] & pclear) | pset
+            i = off + 2 * _home(p, shift)
+            while True:
+                k = tab[i]
+                if k == p:
+                    if n_c == cand_pt.shape[0]:
+                        cand_pt = _grow(cand_pt, n_c + 1)
+                        cand_v = _grow(cand_v, n_c + 1)
+                    cand_pt[n_c] = j
+                    cand_v[n_c] = tab[i + 1]
+                    n_c += 1
+                    break
+                if k == EMPTY:
+                    break
+                i += 2
+    res_bits = ov[OV_RES_BITS]
+    if res_bits:
+        shift = ov[OV_SHIFT]
+        cap_mask = ov[OV_MASK]
+        for r in range(15, -1, -1):
+            if not res_bits >> r & 1:
+                continue
+            for j in range(n_pts):
+                if q[j] == EMPTY:
+                    continue
+                p = (q[j] & _K_PCLEAR[r]) | _K_PSET[r]
+                i = _home(p, shift)
+                while True:
+                    k = ov[OV_HEADER + 2 * i]
+                    if k == EMPTY:
+                        break
+                    if k == p:
+                        if n_c == cand_pt.shape[0]:
+                            cand_pt = _grow(cand_pt, n_c + 1)
+                            cand_v = _grow(cand_v, n_c + 1)
+                        cand_pt[n_c] = j
+                        cand_v[n_c] = ov[OV_HEADER + 2 * i + 1]
+                        n_c += 1
+                    i = (i + 1) & cap_mask
+    # exact tests, then the hits grouped by point (counting sort)
+    hit_pt = np.empty(max(16, n_c), np.int64)
+    hit_slot = np.empty(max(16, n_c), np.int64)
+    n_h = 0
+    m_off = tab[TAB_MULTI_OFF]
+    for c in range(n_c):
+        j = cand_pt[c]
+        v = cand_v[c]
+        if v >= 0:
+            first = c
+            count = 1
+        else:
+            first = m_off - v
+            count = tab[first - 1]
+        hit_pt = _grow(hit_pt, n_h + count)
+        hit_slot = _grow(hit_slot, n_h + count)
+        for t in range(count):
+            code = v if v >= 0 else tab[first + t]
+            m = _emit(
+                code,
+                circ,
+                pv,
+                lat[j],
+                lon[j],
+                unit_xyz[j, 0],
+                unit_xyz[j, 1],
+                unit_xyz[j, 2],
+                hit_slot[n_h:],
+                0,
+            )
+            if m:
+                hit_pt[n_h] = j
+                n_h += 1
+    start = np.zeros(n_pts + 1, np.int64)
+    for t in range(n_h):
+        start[hit_pt[t] + 1] += 1
+    for j in range(n_pts):
+        start[j + 1] += start[j]
+    pts = np.empty(n_h, np.int64)
+    slots = np.empty(n_h, np.int64)
+    for t in range(n_h):
+        j = hit_pt[t]
+        pos = start[j]
+        start[j] = pos + 1
+        pts[pos] = j
+        slots[pos] = hit_slot[t]
+    return pts, slots, fallback[:n_fb]
 
 
 @_jit
