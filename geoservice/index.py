@@ -851,6 +851,9 @@ class ZoneIndex:
     process loads the compiled lookups from numba's cache (~0.3 s; ~4 s to compile them when
     the cache is cold)."""
 
+    # floats of removed polygons' records tolerated before the records are rewritten
+    PV_SLACK = 1 << 17
+
     def __init__(self, max_cells_per_zone: int = MAX_CELLS_PER_ZONE) -> None:
         self._lookup_point = _warm_up()
         self.max_cells_per_zone = max_cells_per_zone
@@ -1177,6 +1180,9 @@ class ZoneIndex:
         # stays small; dead entries only cost table space
         if ov > max(10_000, base // 32) or self._dead_entries > max(50_000, base // 4):
             self._merge()
+        elif self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+            self._pv_compact()
+            self._replan()
 
     def _merge(
         self,
@@ -1210,6 +1216,6 @@ class ZoneIndex:
         self._tables = tables
         self._ov = _k.new_overlay(0)
         self._dead_entries = 0
-        if self._pv_dead > self._pv_len // 2:
+        if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
             self._pv_compact()
         self._replan()

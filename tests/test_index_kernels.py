@@ -104,3 +104,19 @@ def test_zones_around_pentagons(pentagon: int) -> None:
     pts = sample_points(rng, lat0, lon0, 300, 0.3) + rim_points(rng, zones, 2)
     assert any(index_kernels._cell(a, b, 10)[0] < 0 for a, b in pts)
     check(idx, zones, pts)
+
+
+def test_replaced_polygons_are_compacted_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ZoneIndex, "PV_SLACK", 1000)
+    rng = np.random.default_rng(9)
+    idx = ZoneIndex()
+    zones: dict[str, ZoneShape] = {}
+    written = 0
+    for i in range(400):
+        zid = f"p{i % 10}"
+        zones[zid] = random_zones(rng, -33.0, 151.0, 0, 1)["p0"]
+        written += 2 * len(shapely.get_coordinates(zones[zid]))
+        idx.put(zid, zones[zid])
+    # the records were rewritten: far fewer floats than every version ever written
+    assert idx._pv_len < written / 4
+    check(idx, zones, sample_points(rng, -33.0, 151.0, 500, 0.2) + rim_points(rng, zones, 3))
