@@ -1,14 +1,15 @@
 """Zone index: covers circle and polygon zones with H3 cells and answers "which zones contain
-this point" exactly. Pure data structure (H3 + shapely + numpy); no I/O, no asyncio, no Redis.
+this point" exactly. Pure data structure (H3 + shapely + numpy + numba); no I/O, no asyncio, no
+Redis.
 
 Layout. Every zone version gets a *slot*; its cover is a set of (cell, code) pairs where
-code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one open-addressing hash
-table per H3 resolution (interleaved int64 key/value slots; the scalar path reads them through
-memoryviews), fronted by a small map from res-7 ancestors to the levels present under them.
-Incremental puts go to a dict overlay that is merged into fresh tables when it grows. Removing
-or replacing a zone only clears its slot's alive flag; dead entries go at the next merge.
-Batch lookups and bulk covers use a numpy port of H3's point-to-cell mapping (_Grid).
-Cells are H3 ints throughout.
+code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one int64 array: an
+open-addressing hash table per H3 resolution (interleaved key/value slots), fronted by a small
+table from res-7 ancestors to the levels present under them. Incremental puts go to an
+open-addressing overlay that is merged into fresh tables when it grows. Removing or replacing
+a zone only makes its slot not live; dead entries go at the next merge. Lookups run compiled
+(index_kernels.py: the point's cell, the probes, the exact tests); covers use its numpy port of
+H3's point-to-cell mapping. Cells are H3 ints throughout.
 """
 
 from __future__ import annotations
