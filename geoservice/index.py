@@ -828,7 +828,9 @@ def _warm_up() -> Callable[..., int]:
 
 # --- the index -------------------------------------------------------------------------------
 
-_Plan: TypeAlias = tuple[int, I64, I64, F64, F64]
+# max_res, tables, overlay, slot rows, polygon records, output buffer, and their addresses
+# (index_kernels.plan_addresses) for the single lookup
+_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64]
 
 
 class ZoneIndex:
@@ -874,7 +876,7 @@ class ZoneIndex:
         self._slot_n = np.zeros(16, np.int32)  # entries per slot, to count dead ones
         self._out = np.zeros(64, np.int64)
         self._out_mv = self._out.data
-        self._plan: _Plan = (0, self._tables.tab, self._ov, self._circ, self._pv)
+        self._plan: _Plan
         self._replan()
 
     # -- public API --
@@ -949,11 +951,11 @@ class ZoneIndex:
     def lookup(self, lat: float, lon: float) -> list[str]:
         """Ids of the zones containing the point (any order)."""
         # one read of the plan: tables, overlay and slot rows that belong together
-        max_res, tab, ov, circ, pv = self._plan
-        n = self._lookup_point(lat, lon, 0, max_res, tab, ov, circ, pv, self._out)
+        plan = self._plan
+        n = self._lookup_point(lat, lon, 0, plan[0], plan[6])
         if not n:
             return []
-        if n < 0 or n > len(self._out):
+        if n < 0 or n > len(plan[5]):
             n = self._lookup_again(lat, lon, n)
         # no comprehension: before Python 3.12 it costs a function call
         return list(map(self._slot_zone.__getitem__, self._out_mv[:n]))
@@ -995,20 +997,20 @@ class ZoneIndex:
     def _lookup_again(self, lat: float, lon: float, n: int) -> int:
         """The compiled lookup once more: with the cell from h3 (pentagons, points outside
         the numpy grid's table; h3 raises for non-finite input), or with a bigger buffer."""
-        max_res, tab, ov, circ, pv = self._plan
         q = 0
         if n < 0:
-            q = _latlng_to_cell(lat, lon, max_res)
-            n = self._lookup_point(lat, lon, q, max_res, tab, ov, circ, pv, self._out)
+            q = _latlng_to_cell(lat, lon, self._plan[0])
+            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
         if n > len(self._out):
             self._out = np.zeros(2 * n, np.int64)
             self._out_mv = self._out.data
-            n = self._lookup_point(lat, lon, q, max_res, tab, ov, circ, pv, self._out)
+            self._replan()
+            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
         return int(n)
 
     def _hits(self, lat: F64, lon: F64, plan: _Plan) -> tuple[I64, I64]:
         """(point index, slot) of every containing zone, sorted by point index."""
-        max_res, tab, ov, circ, pv = plan
+        max_res, tab, ov, circ, pv, _, _ = plan
         pts, slots, fb = _k.lookup_points(lat, lon, _NO_CELLS, max_res, tab, ov, circ, pv)
         if len(fb):
             f = _latlng_to_cell
@@ -1027,7 +1029,8 @@ class ZoneIndex:
         res_bits = int(self._ov[OV_RES_BITS])
         # an empty index still has a valid resolution: its tables hold no level to probe
         max_res = max(self._tables.max_res, res_bits.bit_length() - 1, 0)
-        self._plan = (max_res, self._tables.tab, self._ov, self._circ, self._pv)
+        arrays = (self._tables.tab, self._ov, self._circ, self._pv, self._out)
+        self._plan = (max_res, *arrays, _k.plan_addresses(*arrays))
 
     def _live(self) -> Bool:
         out: Bool = self._circ[3::CIRCLE_COLS] >= 0.0
