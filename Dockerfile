@@ -11,6 +11,12 @@ FROM python:3.11.11-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home geoservice
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+# The zone index's compiled lookups (numba) are cached here, compiled once at build time and
+# writable by the service's user (a CPU unlike the build machine's gets its own entries).
+ENV NUMBA_CACHE_DIR=/var/cache/geoservice/numba
+RUN mkdir -p "$NUMBA_CACHE_DIR" \
+    && python -c 'from geoservice.index import ZoneIndex; ZoneIndex()' \
+    && chown -R 10001 /var/cache/geoservice
 # The example zones for `geoservice serve --demo` (the package does not carry data files).
 COPY zones/switzerland.geojson /usr/share/geoservice/zones/switzerland.geojson
 USER 10001

@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create a venv: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,loadtest]'
+	@# compile the zone index's numba kernels into their cache now (~10 s), not in the first
+	@# worker or test that builds an index
+	$(BIN)/python -c 'from geoservice.index import ZoneIndex; ZoneIndex()'
 	@touch $(STAMP)
 
 # redis-server is needed for the embedded default and for the tests.

@@ -1,14 +1,15 @@
 """Zone index: covers circle and polygon zones with H3 cells and answers "which zones contain
-this point" exactly. Pure data structure (H3 + shapely + numpy); no I/O, no asyncio, no Redis.
+this point" exactly. Pure data structure (H3 + shapely + numpy + numba); no I/O, no asyncio, no
+Redis.
 
 Layout. Every zone version gets a *slot*; its cover is a set of (cell, code) pairs where
-code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one open-addressing hash
-table per H3 resolution (interleaved int64 key/value slots; the scalar path reads them through
-memoryviews), fronted by a small map from res-7 ancestors to the levels present under them.
-Incremental puts go to a dict overlay that is merged into fresh tables when it grows. Removing
-or replacing a zone only clears its slot's alive flag; dead entries go at the next merge.
-Batch lookups and bulk covers use a numpy port of H3's point-to-cell mapping (_Grid).
-Cells are H3 ints throughout.
+code = slot << 2 | is_polygon << 1 | is_boundary. Bulk data lives in one int64 array: an
+open-addressing hash table per H3 resolution (interleaved key/value slots), fronted by a small
+table from res-7 ancestors to the levels present under them. Incremental puts go to an
+open-addressing overlay that is merged into fresh tables when it grows. Removing or replacing
+a zone only makes its slot not live; dead entries go at the next merge. Lookups run compiled
+(index_kernels.py: the point's cell, the probes, the exact tests); covers use its numpy port of
+H3's point-to-cell mapping. Cells are H3 ints throughout.
 """
 
 from __future__ import annotations
@@ -20,13 +21,39 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import shapely
 from h3.api import basic_int as h3i
 from h3.api import memview_int as h3m
+
+from geoservice import index_kernels as _k
+from geoservice.index_kernels import (
+    CIRCLE_COLS,
+    EMPTY,
+    FILTER_CLEAR,
+    FILTER_RES,
+    FILTER_SET,
+    HASH_MULT,
+    OV_COUNT,
+    OV_RES_BITS,
+    PCLEAR,
+    PSET,
+    PV_LEN,
+    RES_SHIFT,
+    TAB_FILTER_OFF,
+    TAB_FILTER_SHIFT,
+    TAB_HEADER,
+    TAB_LEVEL_COLS,
+    TAB_MULTI_OFF,
+    TAB_N_FINE,
+    TAB_N_LEVELS,
+    latlng_to_cells,
+    unit,
+)
+from geoservice.index_kernels import _grid as _grid
 
 __all__ = [
     "MAX_CELLS_PER_ZONE",
@@ -109,26 +136,6 @@ _CIRCLE_RHO_RATIO = 1.0
 # Polygons: coarsest resolution with (diameter of the bounding box) >= this * rho.
 _POLY_RHO_RATIO = 2.0
 
-_RES_SHIFT = 52
-# resolution of the cached presence filter in front of the finer tables (res 7: ~5 km2)
-_FILTER_RES = 7
-_M64 = (1 << 64) - 1
-_M63 = (1 << 63) - 1
-# Fibonacci hashing: (cell * K mod 2^64) >> (64 - bits); same formula in numpy and Python.
-_HASH_MULT = 0x9E3779B97F4A7C15
-_EMPTY = 0  # never a valid H3 cell
-
-
-def _low_ones(res: int) -> int:
-    return (1 << (3 * (15 - res))) - 1
-
-
-# parent(cell, r) = (cell & _PCLEAR[r]) | _PSET[r] for any cell finer than r.
-_PCLEAR = [_M63 & ~((15 << _RES_SHIFT) | _low_ones(r)) for r in range(16)]
-_PSET = [(r << _RES_SHIFT) | _low_ones(r) for r in range(16)]
-_FILTER_CLEAR = _PCLEAR[_FILTER_RES]
-_FILTER_SET = _PSET[_FILTER_RES]
-
 
 def _res_for_reach(reach_rad: float, ratio: float) -> int:
     """Coarsest resolution whose rho is <= reach/ratio (clamped to 0..15)."""
@@ -145,13 +152,6 @@ def _disk_size(k: int) -> int:
 
 def _k_for(reach_rad: float, res: int) -> int:
     return max(1, math.ceil((reach_rad + _REACH_RAD[res]) / (_STEP_FRACTION * _RHO_RAD[res])))
-
-
-def _unit(lat_deg: F64, lon_deg: F64, radians: bool = False) -> tuple[F64, F64, F64]:
-    la = lat_deg if radians else np.radians(lat_deg)
-    lo = lon_deg if radians else np.radians(lon_deg)
-    c = np.cos(la)
-    return c * np.cos(lo), c * np.sin(lo), np.sin(la)
 
 
 def _chord_thresh(radius_m: F64) -> F64:
@@ -175,270 +175,6 @@ def _centres(cells: I64) -> tuple[F64, F64]:
     for i, c in enumerate(cells.tolist()):
         lat[i], lon[i] = ctl(c)
     return lat, lon
-
-
-# --- vectorized H3 (numpy) -------------------------------------------------------------------
-#
-# h3.latlng_to_cell costs ~0.4 us per call from Python, too slow for batches and for covering
-# 10^5..10^6 circles. _Grid reimplements H3's forward mapping for whole arrays: pick the
-# icosahedron face (nearest face centre), gnomonic-project onto the face plane, round to the hex
-# lattice, then peel off aperture-7 digits two levels at a time with residue lookup tables, and
-# finally map (face, res-0 ijk) to base cell and rotation. The face geometry comes from h3 at
-# start-up; the (face, ijk) -> base cell/rotation table below was derived by comparing with h3
-# on random points (tests/test_index.py re-checks the whole mapping against h3). Points whose
-# base cell is a pentagon (6 % of the globe, mostly ocean) or that fall outside the table go
-# through h3 itself. Rounding may differ from h3 only for points within ~1e-15 rad of a cell
-# edge; covers carry a larger slack (_RHO_RAD), so such a point still finds every zone.
-
-# 20 faces x 27 (i, j, k in 0..2): two hex digits of base cell + 1, one digit of rotation + 1.
-_FACE_TABLE = (
-    "1111311902211f12143203140000910660b61710000002a20000000500160001020000000000000000310710f0"
-    "0b10c11241901840000110260a60610000001320000000500460000920000000000000000811612700a1141234"
-    "0f01540000410e61e60210000000720000000500d60000120000000000000001b12b13b01e12c13f4270304000"
-    "0d11d62d60e10000001620000000501060000420000000000000002012a13202d13613e43b0424000101176226"
-    "1d10000002b20000000500960000d20000000000000003334735403134435863204360002133564b61f6000000"
-    "2260000001902660001360000000000000001a32e34001832833c61902660001232463960c60000000b6000000"
-    "0f01c60000760000000000000002552352703853723424904a20001551421622950000003d20000000f00a2000"
-    "1c20000000000000004153f53b05555324d26206320003052c22b24650000005a20000002701e2000342000000"
-    "0000000004c35f36c04235736963b04d60003e35266663660000002d60000003204360002a6000000000000000"
-    "3a13c14004b14f45045405d40002612842e43510000004740000001901840002140000000000000002f13d1490"
-    "3914545144004e40001c12943842410000002e40000000f01540001240000000000000004815a16204a15c4684"
-    "4905940003414645543710000003840000002703040002340000000000000006116916c06316f4744620704000"
-    "4d15745f45310000005540000003b04240003f40000000000000005615815406616746546c0714000431444474"
-    "5210000005f40000003203140003e40000000000000006036e37605d36d37725406520005035e46b44f3000000"
-    "4b60000004004e40003c60000000000000005b55154906b56465967607260004e54553d25e50000006e4000000"
-    "4003920005040000000000000006a56856207257567067607a60005955c55a26450000006b40000004904a2000"
-    "5140000000000000007857456c07a57967167607760007056f5692755000000724000000620632000684000000"
-    "0000000007337737607137937a26c07420006536d46e46730000006660000005405d4000586000000000000000"
-)
-_SQRT7 = 2.6457513110645905905016157536392604257102
-_SQRT3_2 = 0.8660254037844386467637231707529361834714
-_AP7_ROT_RADS = 0.333473172251832115336090755351601070065900389
-_INV_RES0_U_GNOMONIC = 2.61803398874989588842
-# axial (i - k, j - k) offsets of the digits 0..6 (center, K, J, JK, I, IK, IJ)
-_UNIT_AXIAL = np.array([(0, 0), (-1, -1), (0, 1), (-1, 0), (1, 0), (0, -1), (1, 1)], np.int64)
-_ROT60_CCW = np.array([0, 5, 3, 1, 6, 4, 2, 7], np.int64)
-# child axial = D @ parent axial + unit(digit), for a Class III / Class II child resolution
-_DOWN_III = np.array([[2, 1], [-1, 3]], np.int64)
-_DOWN_II = np.array([[3, -1], [1, 2]], np.int64)
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """Peels `levels` digits at once: key = (a mod m, b mod m) -> digits and offset, then
-    parent = adj @ (child - offset) / det (exact)."""
-
-    levels: int
-    mod: float
-    digits: npt.NDArray[np.int64]  # packed: d_fine << 3*(levels-1) | ... | d_coarse
-    off_a: F64
-    off_b: F64
-    adj: tuple[float, float, float, float]
-    det: float
-
-
-def _make_step(classes: Sequence[int]) -> _Step:
-    mats = [_DOWN_III if c == 3 else _DOWN_II for c in classes]
-    total = np.eye(2, dtype=np.int64)
-    for m in mats:
-        total = total @ m
-    det = round(float(np.linalg.det(total)))
-    adj = (float(total[1, 1]), float(-total[0, 1]), float(-total[1, 0]), float(total[0, 0]))
-    mod = 7 ** len(classes)
-    digits = np.full(mod * mod, -1, np.int64)
-    off_a = np.zeros(mod * mod)
-    off_b = np.zeros(mod * mod)
-    grid_a, grid_b = np.meshgrid(np.arange(mod), np.arange(mod))
-    ga, gb = grid_a.ravel(), grid_b.ravel()
-    for combo in np.ndindex(*([7] * len(classes))):
-        off = np.zeros(2, np.int64)
-        acc = np.eye(2, dtype=np.int64)
-        packed = 0
-        for lvl, d in enumerate(combo):
-            off = off + acc @ _UNIT_AXIAL[d]
-            acc = acc @ mats[lvl]
-            packed = (packed << 3) | d
-        ca = total[0, 0] * ga + total[0, 1] * gb + off[0]
-        cb = total[1, 0] * ga + total[1, 1] * gb + off[1]
-        key = (ca % mod) * mod + (cb % mod)
-        digits[key] = packed
-        off_a[key] = off[0]
-        off_b[key] = off[1]
-    assert (digits >= 0).all()
-    return _Step(len(classes), float(mod), digits, off_a, off_b, adj, float(det))
-
-
-class _Grid:
-    def __init__(self) -> None:
-        centres: dict[int, list[int]] = {}
-        for c in h3i.get_res0_cells():
-            faces = h3i.get_icosahedron_faces(c)
-            if len(faces) == 1:
-                centres.setdefault(faces[0], []).append(c)
-        lat = np.zeros(20)
-        lon = np.zeros(20)
-        az = np.zeros(20)
-        for f in range(20):
-            pts = [np.radians(h3i.cell_to_latlng(c)) for c in sorted(centres[f])]
-            xyz = [_unit(np.array([p[0]]), np.array([p[1]]), radians=True) for p in pts]
-            # the face-centre cell is the one nearest to the other three
-            dist = [
-                sum(sum(float((xyz[i][d] - xyz[j][d])[0]) ** 2 for d in range(3)) for j in range(4))
-                for i in range(4)
-            ]
-            best = int(np.argmin(dist))
-            la, lo = pts[best]
-            la2, lo2 = pts[next(i for i in range(4) if i != best)]
-            az[f] = math.atan2(
-                math.cos(la2) * math.sin(lo2 - lo),
-                math.cos(la) * math.sin(la2) - math.sin(la) * math.cos(la2) * math.cos(lo2 - lo),
-            )
-            lat[f], lon[f] = la, lo
-        self.fc = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1)
-        north = np.stack([-np.sin(lat) * np.cos(lon), -np.sin(lat) * np.sin(lon), np.cos(lat)], 1)
-        east = np.stack([-np.sin(lon), np.cos(lon), np.zeros(20)], 1)
-        # hex2d x axis points at azimuth az (H3's faceAxesAzRadsCII[f][0]); y is 90 deg ccw
-        e1 = north * np.cos(az)[:, None] + east * np.sin(az)[:, None]
-        e2 = north * np.sin(az)[:, None] - east * np.cos(az)[:, None]
-        ca, sa = math.cos(_AP7_ROT_RADS), math.sin(_AP7_ROT_RADS)
-        # Class III resolutions measure angles AP7_ROT further clockwise
-        e1c3 = e1 * ca + e2 * sa
-        e2c3 = e2 * ca - e1 * sa
-        # one matrix per class: columns = (e1 . p, e2 . p) of every face
-        self.proj = {
-            0: np.concatenate([e1.T, e2.T], axis=1),
-            1: np.concatenate([e1c3.T, e2c3.T], axis=1),
-        }
-        self.fc_t = np.ascontiguousarray(self.fc.T)
-        self.basis = {0: (e1, e2), 1: (e1c3, e2c3)}
-        table = "".join(_FACE_TABLE)
-        self.base_cell = np.array([int(table[3 * i : 3 * i + 2], 16) - 1 for i in range(540)])
-        self.rot = np.array([int(table[3 * i + 2]) - 1 for i in range(540)])
-        # steps: key (class of the finer level, levels)
-        self.steps = {
-            (3, 1): _make_step([3]),
-            (2, 1): _make_step([2]),
-            (3, 2): _make_step([3, 2]),
-            (2, 2): _make_step([2, 3]),
-        }
-        # rotate a packed pair of digits 0..5 times; index rot * 64 + (d_fine << 3 | d_coarse),
-        # value in index order (d_coarse << 3 | d_fine)
-        rp = [np.arange(8)]
-        for _ in range(5):
-            rp.append(_ROT60_CCW[rp[-1]])
-        self.rot1 = np.stack(rp).ravel()
-        pair = np.arange(64)
-        self.rot2 = np.concatenate([(r[pair & 7] << 3) | r[pair >> 3] for r in rp])
-
-    def project(self, lat_deg: F64, lon_deg: F64, res: int) -> tuple[I64, F64, F64]:
-        """Face and hex2d coordinates (H3's _geoToHex2d, via tangent-plane basis vectors)."""
-        la = np.radians(lat_deg)
-        lo = np.radians(lon_deg)
-        cl = np.cos(la)
-        p = np.empty((len(la), 3))
-        p[:, 0] = cl * np.cos(lo)
-        p[:, 1] = cl * np.sin(lo)
-        p[:, 2] = np.sin(la)
-        dots = p @ self.fc_t
-        face = np.argmax(dots, axis=1)
-        rows = np.arange(len(face))
-        f = (_INV_RES0_U_GNOMONIC * _SQRT7**res) / dots[rows, face]
-        m = p @ self.proj[res & 1]
-        return face, m[rows, face] * f, m[rows, face + 20] * f
-
-    @staticmethod
-    def round_axial(x: F64, y: F64) -> tuple[F64, F64]:
-        """Nearest lattice point (the hexagon containing the point), as float axial (a, b)."""
-        b = y / _SQRT3_2
-        q = x - 0.5 * b
-        r = b
-        s = -q - r
-        rq, rr, rs = np.rint(q), np.rint(r), np.rint(s)
-        dq, dr, ds = np.abs(rq - q), np.abs(rr - r), np.abs(rs - s)
-        fix_q = (dq > dr) & (dq > ds)
-        fix_r = ~fix_q & (dr > ds)
-        rq = np.where(fix_q, -rr - rs, rq)
-        rr = np.where(fix_r, -rq - rs, rr)
-        return rq + rr, rr
-
-    def axial_to_cells(self, face: I64, a: F64, b: F64, res: int) -> tuple[I64, Bool]:
-        """H3 cells of lattice points (a, b) on `face` at `res`; also which need h3 itself."""
-        out = np.zeros(len(a), np.int64)
-        packed: list[tuple[int, int, npt.NDArray[np.int64]]] = []
-        lvl = res
-        while lvl > 0:
-            n_lv = 2 if lvl >= 2 else 1
-            st = self.steps[(3 if lvl & 1 else 2, n_lv)]
-            mod = st.mod
-            ka = a - np.floor((a + 0.5) / mod) * mod
-            kb = b - np.floor((b + 0.5) / mod) * mod
-            key = (ka * mod + kb).astype(np.intp)
-            packed.append((lvl, n_lv, st.digits[key]))
-            ca = a - st.off_a[key]
-            cb = b - st.off_b[key]
-            a = np.rint((st.adj[0] * ca + st.adj[1] * cb) / st.det)
-            b = np.rint((st.adj[2] * ca + st.adj[3] * cb) / st.det)
-            lvl -= n_lv
-        i = a.astype(np.int64)
-        j = b.astype(np.int64)
-        m = np.minimum(np.minimum(i, j), 0)
-        i, j, k = i - m, j - m, -m
-        ok = (i <= 2) & (j <= 2) & (k <= 2)
-        key0 = np.where(ok, face * 27 + i * 9 + j * 3 + k, 0)
-        bc = self.base_cell[key0]
-        rot = self.rot[key0]
-        fallback = ~ok | (rot < 0) | (bc < 0)
-        rot = np.maximum(rot, 0)
-        out = (np.maximum(bc, 0).astype(np.int64) << 45) | (
-            (1 << 59) | (res << 52) | _low_ones(res)
-        )
-        for lvl, n_lv, d in packed:
-            shift = 3 * (15 - lvl)
-            if n_lv == 2:
-                out |= self.rot2[rot * 64 + d] << shift
-            else:
-                out |= self.rot1[rot * 8 + d] << shift
-        return out, fallback
-
-    def axial_to_unit(self, face: I64, a: F64, b: F64, res: int) -> tuple[F64, F64, F64]:
-        """Unit vectors of lattice points (inverse gnomonic of hex2d)."""
-        scale = _INV_RES0_U_GNOMONIC * _SQRT7**res
-        x = (a - 0.5 * b) / scale
-        y = b * _SQRT3_2 / scale
-        e1, e2 = self.basis[res & 1]
-        v = self.fc[face] + e1[face] * x[:, None] + e2[face] * y[:, None]
-        v /= np.sqrt(np.einsum("ij,ij->i", v, v))[:, None]
-        return v[:, 0], v[:, 1], v[:, 2]
-
-    def cells(self, lat: F64, lon: F64, res: int) -> I64:
-        face, x, y = self.project(lat, lon, res)
-        a, b = self.round_axial(x, y)
-        out, fb = self.axial_to_cells(face, a, b, res)
-        if fb.any():
-            f = h3i.latlng_to_cell
-            idx = np.flatnonzero(fb)
-            out[idx] = [
-                f(la, lo, res) for la, lo in zip(lat[idx].tolist(), lon[idx].tolist(), strict=True)
-            ]
-        return out
-
-
-_GRID: _Grid | None = None
-
-
-def _grid() -> _Grid:
-    global _GRID
-    if _GRID is None:
-        _GRID = _Grid()
-    return _GRID
-
-
-def latlng_to_cells(lat: F64, lon: F64, res: int) -> I64:
-    """H3 cells (int64) of many points at one resolution (vectorized; agrees with
-    h3.latlng_to_cell except possibly within ~1e-15 rad of a cell edge)."""
-    lat = np.ascontiguousarray(lat, dtype=np.float64)
-    lon = np.ascontiguousarray(lon, dtype=np.float64)
-    return _grid().cells(lat, lon, res)
 
 
 # --- circles ---------------------------------------------------------------------------------
@@ -489,7 +225,7 @@ def _cover_circles(lat: F64, lon: F64, radius_m: F64) -> tuple[I64, I64, Bool]:
         return e, e.copy(), np.empty(0, np.bool_)
     reach = radius_m / R_EARTH_M
     res, ks = _circle_res_k(reach)
-    cx, cy, cz = _unit(lat, lon)
+    cx, cy, cz = unit(lat, lon)
     grid = _grid()
     slow = np.zeros(n, np.bool_)
     out_o: list[I64] = []
@@ -554,8 +290,8 @@ def _cover_circles_h3(lat: F64, lon: F64, reach: F64, res: I64, ks: I64) -> tupl
     owner = np.repeat(np.arange(n, dtype=np.int64), lens)
     uniq, inv = np.unique(cells, return_inverse=True)
     ulat, ulon = _centres(uniq)
-    ux, uy, uz = _unit(ulat, ulon)
-    cx, cy, cz = _unit(lat, lon)
+    ux, uy, uz = unit(ulat, ulon)
+    cx, cy, cz = unit(lat, lon)
     d = _angle_between(ux[inv], uy[inv], uz[inv], cx[owner], cy[owner], cz[owner])
     ext = np.array(_REACH_RAD)[res]
     keep, interior = _classify_circle_cells(d, ext[owner], reach[owner])
@@ -613,8 +349,8 @@ def _part_reach(part: shapely.Polygon, lat0: float, lon0: float, res: int) -> fl
     step_deg = max(math.degrees(_RHO_RAD[res]) / 4.0, 1e-7)
     ring = shapely.segmentize(part.exterior, step_deg)
     xy = shapely.get_coordinates(ring)
-    px, py, pz = _unit(xy[:, 1], xy[:, 0])
-    c = _unit(np.array([lat0]), np.array([lon0]))
+    px, py, pz = unit(xy[:, 1], xy[:, 0])
+    c = unit(np.array([lat0]), np.array([lon0]))
     d = _angle_between(px, py, pz, c[0], c[1], c[2])
     # the maximum of the distance over a region lies on its boundary (unless the region holds
     # the antipode, caught by the caller via reach > pi/2); sub-segments add at most their length
@@ -704,8 +440,8 @@ def _cap_boxes(clat: F64, clon: F64, reach_rad: F64) -> tuple[F64, F64, F64, F64
 
 
 class _AreaMask:
-    """Coarse lon/lat raster of where cells of the fine levels (res >= _FILTER_RES) may lie,
-    built from their res-_FILTER_RES ancestors. A batch computes H3 cells only for points on
+    """Coarse lon/lat raster of where cells of the fine levels (res >= FILTER_RES) may lie,
+    built from their res-FILTER_RES ancestors. A batch computes H3 cells only for points on
     marked pixels: pings far from every zone cost a few array operations."""
 
     _MAX_PIXELS = 1 << 21
@@ -713,7 +449,7 @@ class _AreaMask:
     def __init__(self, anc: I64) -> None:
         clat, clon = _centres(anc)
         xmin, ymin, xmax, ymax, _ = _cap_boxes(
-            clat, clon, np.full(len(anc), _REACH_RAD[_FILTER_RES])
+            clat, clon, np.full(len(anc), _REACH_RAD[FILTER_RES])
         )
         # boxes running past the antimeridian are marked on both sides
         parts = [(np.maximum(xmin, -180.0), ymin, np.minimum(xmax, 180.0), ymax)]
@@ -901,28 +637,39 @@ def cover(shape: ZoneShape, max_cells: int = MAX_CELLS_PER_ZONE) -> Cover:
     return Cover(cells, boundary)
 
 
+def _spatial_order(ids: list[str], shapes: list[ZoneShape]) -> tuple[list[str], list[ZoneShape]]:
+    """Zones sorted by the H3 cell (res 9) of their centre: slots are numbered in this order,
+    so the rows of zones near each other are near each other in memory, and a lookup's
+    candidates share cache lines."""
+    lat = np.empty(len(shapes))
+    lon = np.empty(len(shapes))
+    for i, s in enumerate(shapes):
+        if isinstance(s, Circle):
+            lat[i], lon[i] = s.lat, s.lon
+        else:
+            minx, miny, maxx, maxy = s.bounds
+            lat[i], lon[i] = (miny + maxy) / 2, (minx + maxx) / 2
+    order = np.argsort(latlng_to_cells(lat, lon, 9), kind="stable").tolist()
+    return [ids[i] for i in order], [shapes[i] for i in order]
+
+
+def _poly_record(shape: shapely.Polygon | shapely.MultiPolygon) -> F64:
+    """The polygon as the compiled point-in-polygon test reads it (index_kernels, PV_*)."""
+    rings: list[F64] = []
+    for part in _parts(shape):
+        rings.append(shapely.get_coordinates(part.exterior))
+        rings.extend(shapely.get_coordinates(r) for r in part.interiors)
+    minx, miny, maxx, maxy = shape.bounds
+    out: list[F64] = [np.array([minx, miny, maxx, maxy, len(rings), 0.0], np.float64)]
+    for r in rings:
+        out.append(np.array([len(r)], np.float64))
+        out.append(r.ravel())
+    rec = np.concatenate(out)
+    rec[PV_LEN] = len(rec)
+    return rec
+
+
 # --- hash tables -----------------------------------------------------------------------------
-
-
-class _Level:
-    """Open-addressing (linear probing, no wrap-around) table of one resolution: cell -> value,
-    stored interleaved as [key, value, key, value, ...] so a probe touches one cache line.
-    value >= 0 is a single entry code; value < 0 is -(offset + 1) into the shared multi array
-    laid out as [count, code, code, ...]."""
-
-    __slots__ = ("anc", "keys", "pclear", "pset", "res", "shift", "slots", "slots_mv", "vals")
-
-    def __init__(self, res: int, bits: int, slots: I64, anc: I64) -> None:
-        self.res = res
-        # sorted res-_FILTER_RES ancestors of the keys (empty for coarser levels)
-        self.anc = anc
-        self.slots = slots
-        self.slots_mv = slots.data
-        self.keys = slots[0::2]
-        self.vals = slots[1::2]
-        self.shift = 64 - bits
-        self.pclear = _PCLEAR[res]
-        self.pset = _PSET[res]
 
 
 def _excl_cumsum(counts: I64) -> I64:
@@ -932,14 +679,15 @@ def _excl_cumsum(counts: I64) -> I64:
 
 
 def _hash_np(cells: I64, shift: int) -> npt.NDArray[np.intp]:
-    h = cells.view(np.uint64) * np.uint64(_HASH_MULT)
+    h = cells.view(np.uint64) * np.uint64(HASH_MULT)
     return (h >> np.uint64(shift)).astype(np.intp)
 
 
-def _build_level(res: int, ucells: I64, vals: I64) -> _Level:
-    """Linear probing without wrap-around: sorted by home slot, each key lands at
-    max(home, previous + 1), i.e. a running maximum; the table gets a tail long enough for
-    the last run plus one empty slot that ends every probe sequence."""
+def _level_slots(ucells: I64, vals: I64) -> tuple[int, I64]:
+    """One open-addressing table, interleaved [key, value, key, value, ...] so a probe touches
+    one cache line: (bits, slots). Linear probing without wrap-around: sorted by home slot,
+    each key lands at max(home, previous + 1), i.e. a running maximum; the table gets a tail
+    long enough for the last run plus one empty slot that ends every probe sequence."""
     n = len(ucells)
     bits = max(4, int(2 * n).bit_length())
     home = _hash_np(ucells, 64 - bits)
@@ -950,67 +698,27 @@ def _build_level(res: int, ucells: I64, vals: I64) -> _Level:
     slots = np.zeros(2 * length, np.int64)
     slots[2 * pos] = ucells[order]
     slots[2 * pos + 1] = vals[order]
-    anc = (
-        np.unique((ucells & _FILTER_CLEAR) | _FILTER_SET)
-        if res >= _FILTER_RES
-        else np.empty(0, np.int64)
-    )
-    return _Level(res, bits, slots, anc)
-
-
-def _probe_np(level: _Level, q: I64) -> tuple[npt.NDArray[np.intp], I64]:
-    """Vectorized lookup: (indices into q that hit, their values)."""
-    pos = _hash_np(q, level.shift)
-    todo = np.arange(len(q))
-    hit_i: list[npt.NDArray[np.intp]] = []
-    hit_v: list[I64] = []
-    keys = level.keys
-    qt = q
-    while len(todo):
-        k = keys[pos]
-        found = k == qt
-        if found.any():
-            hit_i.append(todo[found])
-            hit_v.append(level.vals[pos[found]])
-        more = ~found & (k != _EMPTY)
-        todo = todo[more]
-        qt = qt[more]
-        pos = pos[more] + 1
-    if not hit_i:
-        return np.empty(0, np.intp), np.empty(0, np.int64)
-    return np.concatenate(hit_i), np.concatenate(hit_v)
-
-
-_Probe: TypeAlias = tuple[int, int, int, memoryview]
-
-
-def _probe(lv: _Level) -> _Probe:
-    """What the scalar lookup needs per level, ready to unpack in its loop."""
-    return (lv.pclear, lv.pset, lv.shift, lv.slots_mv)
+    return bits, slots
 
 
 @dataclass(frozen=True, slots=True)
 class _Tables:
-    levels: tuple[_Level, ...]
-    multi: I64
-    multi_mv: memoryview
+    """The merged entries in one int64 array laid out for the compiled lookup (index_kernels,
+    TAB_*): one table per H3 resolution, value >= 0 a single entry code, value < 0 an offset
+    into the multi array. In front of the fine levels (res >= FILTER_RES), a table of their
+    res-FILTER_RES ancestors says which fine levels have cells there: small (one entry per
+    ~5 km2 with zones), so it stays in cache while the big tables do not, pings far from any
+    zone stop there, and the others skip levels with nothing nearby."""
+
+    tab: I64
+    levels: tuple[tuple[int, int], ...]  # (offset, length) of each level's slots in tab
     n_entries: int
-    # res-_FILTER_RES ancestor -> the levels worth probing under it (the finer levels that
-    # have cells there, plus all coarser levels). Small (one entry per ~5 km2 with zones), so
-    # it stays in cache while the big tables do not: pings far from any zone stop here, and
-    # the others skip levels with nothing nearby.
-    filter_map: dict[int, tuple[_Probe, ...]]
-    coarse_probes: tuple[_Probe, ...]
-    # the same for batches: sorted ancestors and a bitmask over the fine levels per ancestor
-    anc_all: I64
-    anc_mask: I64
-    area: _AreaMask | None
+    max_res: int
 
     @staticmethod
     def build(cells: I64, codes: I64) -> _Tables:
         if len(cells) == 0:
-            e = np.zeros(1, np.int64)
-            return _Tables((), e, e.data, 0, {}, (), e[:0], e[:0], None)
+            return _Tables(np.zeros(TAB_HEADER, np.int64), (), 0, -1)
         order = np.lexsort((codes, cells))
         cells, codes = cells[order], codes[order]
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
@@ -1029,84 +737,76 @@ class _Tables:
             within = np.arange(len(rep)) - np.repeat(_excl_cumsum(mcounts), mcounts)
             multi[moff[rep] + 1 + within] = codes[mstarts[rep] + within]
         vals[multi_sel] = -(moff + 1)
-        res = (ucells >> _RES_SHIFT) & 15
-        levels = []
-        for r in np.unique(res).tolist():
+        del cells, codes
+        res = (ucells >> RES_SHIFT) & 15
+        # finest first, so the fine levels (one filter bit each) come first
+        built: list[tuple[int, int, I64]] = []
+        ancs: list[I64] = []
+        for r in sorted(np.unique(res).tolist(), reverse=True):
             sel = res == r
-            levels.append(_build_level(int(r), ucells[sel], vals[sel]))
-        # finest first: the probe order does not matter, but keep it deterministic
-        levels.sort(key=lambda lv: -lv.res)
-        coarse = tuple(_probe(lv) for lv in levels if lv.res < _FILTER_RES)
-        fine = [lv for lv in levels if lv.res >= _FILTER_RES]
-        fmap: dict[int, tuple[_Probe, ...]] = {}
-        anc_all = np.empty(0, np.int64)
-        anc_mask = np.empty(0, np.int64)
-        if fine:
-            anc = np.concatenate([lv.anc for lv in fine])
-            bit = np.concatenate(
-                [np.full(len(lv.anc), 1 << j, np.int64) for j, lv in enumerate(fine)]
-            )
+            keys = ucells[sel]
+            bits, slots = _level_slots(keys, vals[sel])
+            built.append((r, bits, slots))
+            if r >= FILTER_RES:
+                ancs.append(np.unique((keys & FILTER_CLEAR) | FILTER_SET))
+        f_bits, f_slots = 0, np.empty(0, np.int64)
+        if ancs:
+            anc = np.concatenate(ancs)
+            bit = np.concatenate([np.full(len(a), 1 << j, np.int64) for j, a in enumerate(ancs)])
             order = np.argsort(anc, kind="stable")
             anc, bit = anc[order], bit[order]
-            starts = np.flatnonzero(np.r_[True, anc[1:] != anc[:-1]])
-            masks = np.bitwise_or.reduceat(bit, starts)
-            by_mask = {
-                m: tuple(_probe(lv) for j, lv in enumerate(fine) if m >> j & 1) + coarse
-                for m in np.unique(masks).tolist()
-            }
-            fmap = dict(
-                zip(anc[starts].tolist(), (by_mask[m] for m in masks.tolist()), strict=True)
-            )
-            anc_all, anc_mask = anc[starts], masks
-        area = _AreaMask(anc_all) if len(anc_all) else None
-        return _Tables(
-            tuple(levels), multi, multi.data, len(cells), fmap, coarse, anc_all, anc_mask, area
-        )
+            first = np.flatnonzero(np.r_[True, anc[1:] != anc[:-1]])
+            f_bits, f_slots = _level_slots(anc[first], np.bitwise_or.reduceat(bit, first))
+        pos = TAB_HEADER + TAB_LEVEL_COLS * len(built)
+        offsets = []
+        for _, _, slots in built:
+            offsets.append(pos)
+            pos += len(slots)
+        f_off = pos
+        m_off = f_off + len(f_slots)
+        tab = np.zeros(m_off + len(multi), np.int64)
+        tab[TAB_N_LEVELS] = len(built)
+        tab[TAB_N_FINE] = len(ancs)
+        tab[TAB_FILTER_OFF] = f_off
+        tab[TAB_FILTER_SHIFT] = 64 - f_bits
+        tab[TAB_MULTI_OFF] = m_off
+        for j, ((r, bits, slots), off) in enumerate(zip(built, offsets, strict=True)):
+            h = TAB_HEADER + TAB_LEVEL_COLS * j
+            tab[h : h + TAB_LEVEL_COLS] = (off, 64 - bits, PCLEAR[r], PSET[r])
+            tab[off : off + len(slots)] = slots
+        tab[f_off:m_off] = f_slots
+        tab[m_off:] = multi
+        levels = tuple((off, len(b[2])) for off, b in zip(offsets, built, strict=True))
+        return _Tables(tab, levels, int(counts.sum()), built[0][0])
 
     def pairs(self) -> tuple[I64, I64]:
         """All (cell, code) pairs, for merging."""
         cs: list[I64] = []
         vs: list[I64] = []
-        for lv in self.levels:
-            used = lv.keys != _EMPTY
-            k = lv.keys[used]
-            v = lv.vals[used]
+        multi = self.tab[int(self.tab[TAB_MULTI_OFF]) :]
+        for off, length in self.levels:
+            slots = self.tab[off : off + length]
+            k, v = slots[0::2], slots[1::2]
+            used = k != EMPTY
+            k, v = k[used], v[used]
             single = v >= 0
             cs.append(k[single])
             vs.append(v[single])
             mk = k[~single]
-            off = -v[~single] - 1
-            cnt = self.multi[off]
-            rep = np.repeat(np.arange(len(off)), cnt)
+            moff = -v[~single] - 1
+            cnt = multi[moff]
+            rep = np.repeat(np.arange(len(moff)), cnt)
             within = np.arange(len(rep)) - np.repeat(_excl_cumsum(cnt), cnt)
             cs.append(mk[rep])
-            vs.append(self.multi[off[rep] + 1 + within])
+            vs.append(multi[moff[rep] + 1 + within])
         if not cs:
             e = np.empty(0, np.int64)
             return e, e.copy()
         return np.concatenate(cs), np.concatenate(vs)
 
 
-def _expand(
-    tables: _Tables, idx: npt.NDArray[np.intp], vals: I64
-) -> tuple[npt.NDArray[np.intp], I64]:
-    single = vals >= 0
-    if single.all():
-        return idx, vals
-    off = -vals[~single] - 1
-    cnt = tables.multi[off]
-    rep = np.repeat(np.arange(len(off)), cnt)
-    within = np.arange(len(rep)) - np.repeat(_excl_cumsum(cnt), cnt)
-    mi = idx[~single][rep]
-    mv = tables.multi[off[rep] + 1 + within]
-    return np.concatenate([idx[single], mi]), np.concatenate([vals[single], mv])
-
-
 _latlng_to_cell = h3i.latlng_to_cell
-# shapely's per-point predicate without the ufunc machinery (~0.1 us instead of ~2.5 us)
-_contains_xy: Callable[[Any, float, float], bool] = getattr(
-    shapely.lib, "contains_xy_scalar", shapely.contains_xy
-)
+_NO_CELLS = np.empty(0, np.int64)
 
 
 def _release_freed_memory() -> None:
@@ -1116,9 +816,21 @@ def _release_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
+_lookup_point: Callable[..., int] | None = None
+
+
+def _warm_up() -> Callable[..., int]:
+    global _lookup_point
+    if _lookup_point is None:
+        _lookup_point = _k.warm_up()
+    return _lookup_point
+
+
 # --- the index -------------------------------------------------------------------------------
 
-_CIRCLE_COLS = 4  # x, y, z of the centre unit vector, squared chord of the radius
+# max_res, tables, overlay, slot rows, polygon records, output buffer, and their addresses
+# (index_kernels.plan_addresses) for the single lookup
+_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64]
 
 
 class ZoneIndex:
@@ -1129,39 +841,42 @@ class ZoneIndex:
     state, so a lookup sees the old or the new zone, never a partial cover, and a failed put
     (ZoneTooLargeError, invalid circle) changes nothing.
 
+    Liveness: column 3 of a slot's row in _circ (the squared chord radius of a circle, 0 for
+    a polygon) is negative while the slot is not live: -1 - value from its creation until
+    _switch makes it live, -inf once removed or replaced. The compiled lookup skips entries
+    of slots that are not live; they leave the tables at the next merge.
+
     Costs (country workload, 105k zones, 2-core EPYC): put_many ~25 us per zone; put ~0.2 ms;
     remove ~2 us. Puts and removes accumulate in an overlay; when it passes 1/32 of the table
     entries (or dead entries pass 1/4), the next put/remove rebuilds the tables, which blocks
-    for ~0.8 s per 1.4M entries. Bulk changes are cheaper through put_many. The first batch
-    lookup after a change re-tables the overlay (~10 ms at 40k entries). Memory: ~1 KB per
-    zone (tables ~25 B per cell entry, zone ids, prepared polygons)."""
+    for ~0.8 s per 1.4M entries. Bulk changes are cheaper through put_many. Memory: ~1 KB per
+    zone (tables ~25 B per cell entry, zone ids, prepared polygons). The first index of a
+    process loads the compiled lookups from numba's cache (~0.3 s; ~4 s to compile them when
+    the cache is cold)."""
+
+    # floats of removed polygons' records tolerated before the records are rewritten
+    PV_SLACK = 1 << 17
 
     def __init__(self, max_cells_per_zone: int = MAX_CELLS_PER_ZONE) -> None:
+        self._lookup_point = _warm_up()
         self.max_cells_per_zone = max_cells_per_zone
         self._zone_slot: dict[str, int] = {}
         self._slot_zone: list[str] = []
         # zone id and prepared polygon per slot as object arrays, for the batch path
         self._slot_zone_np = np.empty(16, dtype=object)
-        self._alive = np.zeros(16, np.uint8)
-        self._alive_mv = self._alive.data
-        self._circ = np.zeros(16 * _CIRCLE_COLS, np.float64)
-        self._circ_mv = self._circ.data
+        self._circ = np.zeros(16 * CIRCLE_COLS, np.float64)
         self._polys: dict[int, shapely.Polygon | shapely.MultiPolygon] = {}
-        self._poly_np = np.empty(16, dtype=object)
+        # polygon records (index_kernels, PV_*), appended; compacted by merges
+        self._pv = np.zeros(1024, np.float64)
+        self._pv_len = 0
+        self._pv_dead = 0
         self._tables = _Tables.build(np.empty(0, np.int64), np.empty(0, np.int64))
         self._dead_entries = 0
-        self._overlay: dict[int, tuple[int, ...]] = {}
-        self._ov_res_count = [0] * 16
-        self._ov_tables: _Tables | None = None
+        self._ov = _k.new_overlay(0)
         self._slot_n = np.zeros(16, np.int32)  # entries per slot, to count dead ones
-        self._plan: tuple[
-            int,
-            tuple[_Probe, ...],
-            dict[int, tuple[_Probe, ...]],
-            memoryview,
-            dict[int, tuple[int, ...]],
-            tuple[int, ...],
-        ] = (-1, (), {}, self._tables.multi_mv, self._overlay, ())
+        self._out = np.zeros(64, np.int64)
+        self._out_mv = self._out.data
+        self._plan: _Plan
         self._replan()
 
     # -- public API --
@@ -1188,8 +903,10 @@ class ZoneIndex:
         for zid, shape in items:
             dedup.pop(zid, None)
             dedup[zid] = shape
-        ids = list(dedup)
-        shapes = list(dedup.values())
+        for shape in dedup.values():
+            if isinstance(shape, Circle):
+                _check_circle(shape)
+        ids, shapes = _spatial_order(list(dedup), list(dedup.values()))
         circ_idx = [i for i, s in enumerate(shapes) if isinstance(s, Circle)]
         covers: list[tuple[I64, Bool] | None] = [None] * len(shapes)
         poly_idx = [i for i, s in enumerate(shapes) if not isinstance(s, Circle)]
@@ -1205,8 +922,6 @@ class ZoneIndex:
                 covers[i] = (p_cells[bounds[j] : bounds[j + 1]], p_bnd[bounds[j] : bounds[j + 1]])
         if circ_idx:
             circles = [shapes[i] for i in circ_idx]
-            for c in circles:
-                _check_circle(c)
             lat = np.array([c.lat for c in circles])
             lon = np.array([c.lon for c in circles])
             rad = np.array([c.radius_m for c in circles])
@@ -1230,70 +945,20 @@ class ZoneIndex:
         slot = self._zone_slot.pop(zone_id, None)
         if slot is None:
             return
-        self._alive[slot] = 0
         self._retire(slot)
         self._maybe_merge()
 
     def lookup(self, lat: float, lon: float) -> list[str]:
         """Ids of the zones containing the point (any order)."""
-        # one read of the plan: tables, overlay and resolutions that belong together
-        max_res, coarse_probes, filt, multi, ov, ov_res = self._plan
-        if max_res < 0:
+        # one read of the plan: tables, overlay and slot rows that belong together
+        plan = self._plan
+        n = self._lookup_point(lat, lon, 0, plan[0], plan[6])
+        if not n:
             return []
-        q = _latlng_to_cell(lat, lon, max_res)
-        probes = filt.get((q & _FILTER_CLEAR) | _FILTER_SET, coarse_probes)
-        cand: list[int] = []
-        for pclear, pset, shift, table in probes:
-            p = (q & pclear) | pset
-            i = (((p * _HASH_MULT) & _M64) >> shift) << 1
-            k = table[i]
-            while k != p:
-                if not k:
-                    break
-                i += 2
-                k = table[i]
-            else:
-                v = table[i + 1]
-                if v >= 0:
-                    cand.append(v)
-                else:
-                    o = -v - 1
-                    cand.extend(multi[o + 1 : o + 1 + multi[o]])
-        if ov_res:
-            for r in ov_res:
-                got = ov.get((q & _PCLEAR[r]) | _PSET[r])
-                if got:
-                    cand.extend(got)
-        if not cand:
-            return []
-        out: list[str] = []
-        circ = self._circ_mv
-        alive = self._alive_mv
-        names = self._slot_zone
-        la = math.radians(lat)
-        lo = math.radians(lon)
-        cl = math.cos(la)
-        px, py, pz = cl * math.cos(lo), cl * math.sin(lo), math.sin(la)
-        # entries of removed or replaced zones stay in the tables until the next merge
-        check_alive = self._dead_entries > 0
-        for code in cand:
-            slot = code >> 2
-            if check_alive and not alive[slot]:
-                continue
-            if code & 1:
-                if code & 2:
-                    if not _contains_xy(self._polys[slot], lon, lat):
-                        continue
-                else:
-                    # code & -4 == slot * _CIRCLE_COLS: the circle's row in _circ
-                    b = code & -4
-                    dx = px - circ[b]
-                    dy = py - circ[b + 1]
-                    dz = pz - circ[b + 2]
-                    if dx * dx + dy * dy + dz * dz > circ[b + 3]:
-                        continue
-            out.append(names[slot])
-        return out
+        if n < 0 or n > len(plan[5]):
+            n = self._lookup_again(lat, lon, n)
+        # no comprehension: before Python 3.12 it costs a function call
+        return list(map(self._slot_zone.__getitem__, self._out_mv[:n]))
 
     def lookup_many(self, lats: npt.ArrayLike, lons: npt.ArrayLike) -> list[list[str]]:
         """Batch form of lookup: one list of zone ids per point."""
@@ -1304,17 +969,18 @@ class ZoneIndex:
             raise ValueError("lats and lons differ in length")
         if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
             raise ValueError("coordinates must be finite")
-        max_res, _, _, _, _, ov_res = self._plan
+        plan = self._plan
         # n fresh lists would trigger a cyclic-GC pass every 700 allocations, each walking the
         # young objects; lists of str cannot form cycles, so collection waits until the end
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            if n == 0 or (not self._tables.levels and not ov_res):
+            if n == 0:
+                return []
+            pts, slots = self._hits(lat, lon, plan)
+            if not len(pts):
                 return [[] for _ in range(n)]
-            pts, names = self._hits(lat, lon, max_res)
-            if not names:
-                return [[] for _ in range(n)]
+            names: list[str] = self._slot_zone_np[slots].tolist()
             # hits sorted by point: each hit point's answer is one slice of the name list
             out: list[list[str]] = [[] for _ in itertools.repeat(None, n)]
             first = np.flatnonzero(np.r_[True, pts[1:] != pts[:-1]])
@@ -1326,118 +992,56 @@ class ZoneIndex:
             if gc_was_enabled:
                 gc.enable()
 
-    def _hits(self, lat: F64, lon: F64, max_res: int) -> tuple[npt.NDArray[np.intp], list[str]]:
-        """(point index, zone id) of every containing zone, sorted by point index."""
-        all_tables = self._all_tables()
-        sel: npt.NDArray[np.intp] | None = None
-        if all(not t.coarse_probes for t in all_tables):
-            # only points near some fine-level cell need their H3 cell
-            near = np.zeros(len(lat), np.bool_)
-            for t in all_tables:
-                if t.area is not None:
-                    near |= t.area.covers(lat, lon)
-            sel = np.flatnonzero(near)
-            lat, lon = lat[sel], lon[sel]
-        q = latlng_to_cells(lat, lon, max_res)
-        pts_l: list[npt.NDArray[np.intp]] = []
-        codes_l: list[I64] = []
-        for tables in all_tables:
-            mask = np.zeros(len(q), np.int64)
-            if len(tables.anc_all):
-                anc = (q & np.int64(_FILTER_CLEAR)) | np.int64(_FILTER_SET)
-                pos = np.minimum(np.searchsorted(tables.anc_all, anc), len(tables.anc_all) - 1)
-                mask = np.where(tables.anc_all[pos] == anc, tables.anc_mask[pos], 0)
-            j = 0
-            for lv in tables.levels:
-                if lv.res >= _FILTER_RES:
-                    fine_idx = np.flatnonzero(mask & (1 << j))
-                    j += 1
-                    p = (q[fine_idx] & np.int64(lv.pclear)) | np.int64(lv.pset)
-                    hi, hv = _probe_np(lv, p)
-                    hi = fine_idx[hi]
-                else:
-                    p = (q & np.int64(lv.pclear)) | np.int64(lv.pset)
-                    hi, hv = _probe_np(lv, p)
-                if len(hi):
-                    hi, hv = _expand(tables, hi, hv)
-                    pts_l.append(hi)
-                    codes_l.append(hv)
-        if not pts_l:
-            return np.empty(0, np.intp), []
-        pts = np.concatenate(pts_l)
-        codes = np.concatenate(codes_l)
-        slots = codes >> 2
-        if self._dead_entries:
-            ok = self._alive[slots].astype(np.bool_)
-        else:
-            ok = np.ones(len(slots), np.bool_)
-        bnd = (codes & 1).astype(np.bool_) & ok
-        circ_b = bnd & ((codes & 2) == 0)
-        if circ_b.any():
-            ci = np.flatnonzero(circ_b)
-            sp = pts[ci]
-            # unit vectors once per point, then gathered per candidate
-            la = np.radians(lat)
-            lo = np.radians(lon)
-            cl = np.cos(la)
-            px, py, pz = cl * np.cos(lo), cl * np.sin(lo), np.sin(la)
-            cc = self._circ.reshape(-1, _CIRCLE_COLS)[slots[ci]]
-            d2 = (
-                np.square(px[sp] - cc[:, 0])
-                + np.square(py[sp] - cc[:, 1])
-                + np.square(pz[sp] - cc[:, 2])
-            )
-            ok[ci] = d2 <= cc[:, 3]
-        poly_b = bnd & ((codes & 2) != 0)
-        if poly_b.any():
-            pi = np.flatnonzero(poly_b)
-            sp = pts[pi]
-            geoms = self._poly_array()[slots[pi]]
-            ok[pi] = shapely.contains_xy(geoms, lon[sp], lat[sp])
-        pts = pts[ok]
-        order = np.argsort(pts, kind="stable")
-        names: list[str] = self._zone_array()[slots[ok][order]].tolist()
-        pts = pts[order]
-        return (pts if sel is None else sel[pts]), names
-
     # -- internals --
 
-    def _all_tables(self) -> list[_Tables]:
-        ts = [self._tables]
-        if self._overlay:
-            if self._ov_tables is None:
-                cells = np.fromiter((c for c, v in self._overlay.items() for _ in v), np.int64)
-                codes = np.fromiter((x for v in self._overlay.values() for x in v), np.int64)
-                self._ov_tables = _Tables.build(cells, codes)
-            ts.append(self._ov_tables)
-        return ts
+    def _lookup_again(self, lat: float, lon: float, n: int) -> int:
+        """The compiled lookup once more: with the cell from h3 (pentagons, points outside
+        the numpy grid's table; h3 raises for non-finite input), or with a bigger buffer."""
+        q = 0
+        if n < 0:
+            q = _latlng_to_cell(lat, lon, self._plan[0])
+            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+        if n > len(self._out):
+            self._out = np.zeros(2 * n, np.int64)
+            self._out_mv = self._out.data
+            self._replan()
+            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+        return int(n)
 
-    def _zone_array(self) -> npt.NDArray[np.object_]:
-        return self._slot_zone_np
-
-    def _poly_array(self) -> npt.NDArray[np.object_]:
-        return self._poly_np
+    def _hits(self, lat: F64, lon: F64, plan: _Plan) -> tuple[I64, I64]:
+        """(point index, slot) of every containing zone, sorted by point index."""
+        max_res, tab, ov, circ, pv, _, _ = plan
+        pts, slots, fb = _k.lookup_points(lat, lon, _NO_CELLS, max_res, tab, ov, circ, pv)
+        if len(fb):
+            f = _latlng_to_cell
+            qs = np.array(
+                [f(a, b, max_res) for a, b in zip(lat[fb].tolist(), lon[fb].tolist(), strict=True)],
+                np.int64,
+            )
+            p2, s2, _ = _k.lookup_points(lat[fb], lon[fb], qs, max_res, tab, ov, circ, pv)
+            pts = np.concatenate([pts, fb[p2]])
+            slots = np.concatenate([slots, s2])
+            order = np.argsort(pts, kind="stable")
+            pts, slots = pts[order], slots[order]
+        return pts, slots
 
     def _replan(self) -> None:
-        ov_res = tuple(r for r in range(15, -1, -1) if self._ov_res_count[r])
-        res_all = [lv.res for lv in self._tables.levels] + list(ov_res)
-        self._plan = (
-            max(res_all) if res_all else -1,
-            self._tables.coarse_probes,
-            self._tables.filter_map,
-            self._tables.multi_mv,
-            self._overlay,
-            ov_res,
-        )
+        res_bits = int(self._ov[OV_RES_BITS])
+        # an empty index still has a valid resolution: its tables hold no level to probe
+        max_res = max(self._tables.max_res, res_bits.bit_length() - 1, 0)
+        arrays = (self._tables.tab, self._ov, self._circ, self._pv, self._out)
+        self._plan = (max_res, *arrays, _k.plan_addresses(*arrays))
+
+    def _live(self) -> Bool:
+        out: Bool = self._circ[3::CIRCLE_COLS] >= 0.0
+        return out
 
     def _grow(self, need_slots: int) -> None:
-        cap = len(self._alive)
+        cap = len(self._slot_n)
         if need_slots <= cap:
             return
         new_cap = max(need_slots, 2 * cap)
-        alive = np.zeros(new_cap, np.uint8)
-        alive[:cap] = self._alive
-        circ = np.zeros(new_cap * _CIRCLE_COLS, np.float64)
+        circ = np.zeros(new_cap * CIRCLE_COLS, np.float64)
         circ[: len(self._circ)] = self._circ
         slot_n = np.zeros(new_cap, np.int32)
         slot_n[:cap] = self._slot_n
@@ -1445,63 +1049,95 @@ class ZoneIndex:
         names = np.empty(new_cap, dtype=object)
         names[:cap] = self._slot_zone_np
         self._slot_zone_np = names
-        polys = np.empty(new_cap, dtype=object)
-        polys[:cap] = self._poly_np
-        self._poly_np = polys
-        # swap views after the new arrays are complete
-        self._circ, self._circ_mv = circ, circ.data
-        self._alive, self._alive_mv = alive, alive.data
+        # lookups read the rows through the plan, which the caller refreshes
+        self._circ = circ
 
     def _new_slots(self, ids: list[str], shapes: list[ZoneShape]) -> int:
         first = len(self._slot_zone)
         self._grow(first + len(ids))
-        circ = self._circ.reshape(-1, _CIRCLE_COLS)
+        circ = self._circ.reshape(-1, CIRCLE_COLS)
+        # not live until _switch: column 3 holds -1 - value
+        circ[first : first + len(ids), 3] = -1.0
         ci = [j for j, s in enumerate(shapes) if isinstance(s, Circle)]
         if ci:
             cs = [shapes[j] for j in ci]
-            x, y, z = _unit(np.array([c.lat for c in cs]), np.array([c.lon for c in cs]))
+            x, y, z = unit(np.array([c.lat for c in cs]), np.array([c.lon for c in cs]))
             rows = np.array(ci) + first
             circ[rows, 0] = x
             circ[rows, 1] = y
             circ[rows, 2] = z
-            circ[rows, 3] = _chord_thresh(np.array([c.radius_m for c in cs]))
+            circ[rows, 3] = -1.0 - _chord_thresh(np.array([c.radius_m for c in cs]))
         for j, s in enumerate(shapes):
             if not isinstance(s, Circle):
-                shapely.prepare(s)
                 self._polys[first + j] = s
-                self._poly_np[first + j] = s
+                circ[first + j, 0] = self._pv_append(_poly_record(s))
+        # fresh copies of the ids, allocated in slot order: a lookup returns the ids of zones
+        # near each other, and their objects (touched to count references) then share cache
+        # lines instead of lying wherever the caller allocated them
+        ids = [zid.encode().decode() for zid in ids]
         self._slot_zone_np[first : first + len(ids)] = ids
         self._slot_zone.extend(ids)
         return first
 
     def _retire(self, slot: int) -> None:
+        self._circ[slot * CIRCLE_COLS + 3] = -math.inf
         self._dead_entries += int(self._slot_n[slot])
         self._slot_n[slot] = 0
-        self._polys.pop(slot, None)
-        self._poly_np[slot] = None
+        shape = self._polys.pop(slot, None)
+        if shape is not None:
+            self._pv_dead += int(self._pv[int(self._circ[slot * CIRCLE_COLS]) + PV_LEN])
+
+    def _pv_append(self, rec: F64) -> int:
+        """Appends a polygon record; returns its offset. A bigger arena is a new array, which
+        lookups see through the plan once the caller refreshes it."""
+        off = self._pv_len
+        if off + len(rec) > len(self._pv):
+            pv = np.zeros(max(2 * len(self._pv), off + len(rec)), np.float64)
+            pv[:off] = self._pv[:off]
+            self._pv = pv
+        self._pv[off : off + len(rec)] = rec
+        self._pv_len = off + len(rec)
+        return off
+
+    def _pv_compact(self) -> None:
+        """Rewrites the arena with the live polygons only (after many were removed)."""
+        self._pv = np.zeros(max(1024, self._pv_len - self._pv_dead), np.float64)
+        self._pv_len = 0
+        self._pv_dead = 0
+        for slot, shape in self._polys.items():
+            self._circ[slot * CIRCLE_COLS] = self._pv_append(_poly_record(shape))
 
     def _switch(self, ids: list[str], first: int) -> None:
+        col = self._circ[3::CIRCLE_COLS]
+        col[first : first + len(ids)] = -1.0 - col[first : first + len(ids)]
         for j, zid in enumerate(ids):
-            slot = first + j
-            self._alive[slot] = 1
             old = self._zone_slot.get(zid)
-            self._zone_slot[zid] = slot
+            self._zone_slot[self._slot_zone[first + j]] = first + j
             if old is not None:
-                self._alive[old] = 0
                 self._retire(old)
+
+    def _overlay_add(self, cells: I64, codes: I64) -> None:
+        ov = self._ov
+        need = int(ov[OV_COUNT]) + len(cells)
+        if 2 * need > len(ov) // 2:
+            old_cells, old_codes = _k.overlay_pairs(ov)
+            ov = _k.new_overlay(2 * need)
+            _k.overlay_insert(ov, old_cells, old_codes)
+        _k.overlay_insert(ov, np.ascontiguousarray(cells), np.ascontiguousarray(codes))
+        self._ov = ov
 
     def _commit(self, entries: list[tuple[str, ZoneShape, I64, Bool]]) -> None:
         ids = [e[0] for e in entries]
         first = self._new_slots(ids, [e[1] for e in entries])
-        ov = self._overlay
+        parts_c: list[I64] = []
+        parts_k: list[I64] = []
         for j, (_, shape, cells, boundary) in enumerate(entries):
             slot = first + j
             base = (slot << 2) | (0 if isinstance(shape, Circle) else 2)
-            for c, b in zip(cells.tolist(), boundary.tolist(), strict=True):
-                ov[c] = (*ov.get(c, ()), base | int(b))
-                self._ov_res_count[(c >> _RES_SHIFT) & 15] += 1
+            parts_c.append(cells.astype(np.int64))
+            parts_k.append(base | boundary.astype(np.int64))
             self._slot_n[slot] = len(cells)
-        self._ov_tables = None
+        self._overlay_add(np.concatenate(parts_c), np.concatenate(parts_k))
         self._replan()
         self._switch(ids, first)
         self._maybe_merge()
@@ -1532,11 +1168,7 @@ class ZoneIndex:
             # small batch into a big index: go through the overlay
             first2 = self._new_slots(ids, shapes)
             assert first2 == first
-            ov = self._overlay
-            for c, k in zip(new_cells.tolist(), new_codes.tolist(), strict=True):
-                ov[c] = (*ov.get(c, ()), k)
-                self._ov_res_count[(c >> _RES_SHIFT) & 15] += 1
-            self._ov_tables = None
+            self._overlay_add(new_cells, new_codes)
         else:
             self._new_slots(ids, shapes)
             self._merge(extra=(new_cells, new_codes), switching=(ids, first))
@@ -1547,11 +1179,14 @@ class ZoneIndex:
 
     def _maybe_merge(self) -> None:
         base = self._tables.n_entries
-        ov = sum(self._ov_res_count)
-        # the overlay costs ~150 B per entry as Python objects and is re-tabled for the first
-        # batch after each change, so it stays small; dead entries only cost table space
+        ov = int(self._ov[OV_COUNT])
+        # the overlay is probed at every resolution it holds and re-hashed as it grows, so it
+        # stays small; dead entries only cost table space
         if ov > max(10_000, base // 32) or self._dead_entries > max(50_000, base // 4):
             self._merge()
+        elif self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+            self._pv_compact()
+            self._replan()
 
     def _merge(
         self,
@@ -1560,33 +1195,31 @@ class ZoneIndex:
     ) -> None:
         """Rebuild the tables from the live base entries, the overlay and `extra`."""
         cells, codes = self._tables.pairs()
-        parts_c = [cells]
-        parts_k = [codes]
-        if self._overlay:
-            parts_c.append(np.fromiter((c for c, v in self._overlay.items() for _ in v), np.int64))
-            parts_k.append(np.fromiter((x for v in self._overlay.values() for x in v), np.int64))
-        keep_alive = self._alive.copy()
+        ov_cells, ov_codes = _k.overlay_pairs(self._ov)
+        parts_c = [cells, ov_cells]
+        parts_k = [codes, ov_codes]
+        keep_alive = self._live()
         if switching is not None:
-            # the new slots are not alive yet, but their entries must survive the merge, and
+            # the new slots are not live yet, but their entries must survive the merge, and
             # the slots they replace may be dropped already
             ids, first = switching
-            keep_alive[first : first + len(ids)] = 1
+            keep_alive[first : first + len(ids)] = True
             for zid in ids:
                 old = self._zone_slot.get(zid)
                 if old is not None:
-                    keep_alive[old] = 0
+                    keep_alive[old] = False
                     self._slot_n[old] = 0
         if extra is not None:
             parts_c.append(extra[0])
             parts_k.append(extra[1])
         cells = np.concatenate(parts_c)
         codes = np.concatenate(parts_k)
-        live = keep_alive[codes >> 2].astype(np.bool_)
+        live = keep_alive[codes >> 2]
         tables = _Tables.build(cells[live], codes[live])
-        # one assignment each: lookups read self._plan, which still points at the old levels
+        # one assignment each: lookups read self._plan, which still points at the old tables
         self._tables = tables
-        self._overlay = {}
-        self._ov_res_count = [0] * 16
-        self._ov_tables = None
+        self._ov = _k.new_overlay(0)
         self._dead_entries = 0
+        if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+            self._pv_compact()
         self._replan()
