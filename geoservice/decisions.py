@@ -11,6 +11,7 @@ steps can only leave a budget one short, never over).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,8 +109,8 @@ class OfferDesk:
             if customer_id is not None
             else keys.device_tag(device)
         )
-        issued: list[IssuedOffer] = []
-        for zone, candidates in eligible:
+
+        async def for_zone(zone: Zone, candidates: list[Offer]) -> IssuedOffer | str | None:
             ranked = rank(
                 [
                     o
@@ -121,16 +122,19 @@ class OfferDesk:
                 now_ms,
                 limits.interest_half_life_s,
             )
-            outcome = None
+            outcome: IssuedOffer | str | None = None
             for offer in ranked:
                 outcome = await self._try_issue(tenant, device, holder, offer, zone, now_ms)
-                if isinstance(outcome, IssuedOffer):
-                    issued.append(outcome)
-                    break
-                if outcome in ("day", "cooldown"):
+                if isinstance(outcome, IssuedOffer) or outcome in ("day", "cooldown"):
                     break  # caps of the device or zone: no other offer can pass either
-            if outcome == "day":
-                break
+            return outcome
+
+        # The zones entered at once are tried at once: their issue scripts leave together and
+        # Redis runs them in this order, each checking the caps atomically, so the day cap
+        # still stops the zones past it (they are refused "day") as a loop would, in one
+        # round trip instead of one per zone.
+        outcomes = await asyncio.gather(*(for_zone(z, c) for z, c in eligible))
+        issued = [o for o in outcomes if isinstance(o, IssuedOffer)]
         if issued:
             segments = context.profile.segments if context.profile else ()
             await self._record(tenant, device, customer_id, segments, issued)
@@ -189,7 +193,7 @@ class OfferDesk:
         segments: tuple[str, ...],
         issued: list[IssuedOffer],
     ) -> None:
-        for offer in issued:
+        async def record(offer: IssuedOffer) -> None:
             key = keys.issued_offer(offer.id)
             ttl_s = (offer.expires_at_ms - offer.issued_at_ms) // 1000 + ISSUED_GRACE_S
             record = {
@@ -222,3 +226,5 @@ class OfferDesk:
                     segments,
                 ),
             )
+
+        await asyncio.gather(*(record(offer) for offer in issued))

@@ -209,6 +209,26 @@ async def test_daily_cap_per_device(api, shop):
     assert (await ping(api, shop, LAT2, LON2))["offers"] == []  # another zone, same day
 
 
+async def test_zones_entered_at_once_share_the_daily_cap(api, shop, redis: Redis):
+    """Offers for several zones entered by one ping are tried together: the cap still holds."""
+    for n in range(4):
+        zone = store_zone(LAT, LON, f"s-stack-{n}")
+        response = await api.put(f"/v1/zones/stack-{n}", json=zone, headers=shop.secret)
+        assert response.status in (200, 201)
+    response = await api.patch("/v1/tenant", json={"max_offers_per_day": 2}, headers=shop.secret)
+    assert response.status == 200
+    await put_offer(api, shop, "welcome", fallback=True, max_per_customer=10)
+    answer = await ping(api, shop, LAT, LON)
+    entered = {e["zone_id"] for e in answer["events"] if e["type"] == "enter"}
+    assert {f"stack-{n}" for n in range(4)} <= entered
+    assert len(answer["offers"]) == 2
+    assert len({o["zone_id"] for o in answer["offers"]}) == 2
+    assert {o["zone_id"] for o in answer["offers"]} <= entered
+    # every issued offer is on record, the refused ones left nothing behind
+    issued = await redis.keys("geo:issued:*")
+    assert len(issued) == 2
+
+
 async def test_zone_cooldown(api, shop):
     await put_offer(api, shop, "welcome", fallback=True, max_per_customer=10)
     assert len((await ping(api, shop, LAT, LON))["offers"]) == 1
