@@ -47,8 +47,6 @@ from loadtest.deployment import Deployment
 from loadtest.lean import Fleet, drive_lean, plan
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# The warm-up step's highest rate (req/s) while every device of the run pings once.
-WARMUP_RATE = 400
 # One population of phones for the whole run: every step continues their walks.
 FLEET = Fleet()
 SINGLE_P99_MS = 10.0
@@ -537,7 +535,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # Caches, connections, interpreter warm-up, and every device of the run pinging
             # once (consent, the zones it is in): the steps then see phones that were already
             # walking, not a crowd of first contacts each firing an enter and earning an offer.
-            # A step of its own, at most WARMUP_RATE req/s, reported apart from the curve.
+            # A step of its own, at most --warmup-rate req/s, reported apart from the curve.
             fleet_size = max(
                 [cfg.devices for cfg in (config(r, 1, args.codec) for r in args.rates)]
                 + [
@@ -545,7 +543,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     for cfg in (config(r, args.batch, args.batch_codec) for r in args.batch_rates)
                 ]
             )
-            period = max(args.warmup_step_s, fleet_size / WARMUP_RATE)
+            period = max(args.warmup_step_s, fleet_size / args.warmup_rate)
             cfg = LoadConfig(
                 **{
                     **_fields(config(args.rates[0], 1, args.codec)),
@@ -783,6 +781,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration-s", type=float, default=10.0, help="recorded, per step")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="not recorded, per step")
     ap.add_argument("--warmup-step-s", type=float, default=15.0, help="a warm-up step (0: none)")
+    ap.add_argument(
+        "--warmup-rate",
+        type=float,
+        default=400,
+        help="req/s of the warm-up step, in which every device of the run pings once (first "
+        "contacts: enters and offers in every zone a phone stands in)",
+    )
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument(
         "--wrk-connections",

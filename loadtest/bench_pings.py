@@ -94,6 +94,27 @@ class LoadResult:
     generator_cpu_s: float = 0.0
     window_s: float = 0.0
 
+    def count_answer(
+        self, second: dict[str, float], latency: float, pings: int, answer: Any
+    ) -> None:
+        """One 200 answer of the recorded window: its latency, events, ignored fixes, offers."""
+        _record(self.latency_us, latency)
+        second["ok"] += 1
+        second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
+        self.ok += 1
+        self.pings_ok += pings
+        events = answer.get("events", ())
+        for event in events:
+            self.events[event["type"]] += 1
+        if not events:
+            _record(self.quiet_latency_us, latency)
+        for item in answer.get("ignored", ()):
+            self.ignored[item["reason"]] += 1
+        offers = len(answer.get("offers", ()))
+        if offers:
+            self.offers += offers
+            _record(self.offer_latency_us, latency)
+
     def summary(self) -> dict[str, Any]:
         d = self.config.duration_s
         return {
@@ -239,24 +260,9 @@ async def drive(
             second["errors"] += 1
             return
         latency = done - intended
-        _record(result.latency_us, latency)
         if base in result.instance_latency_us:
             _record(result.instance_latency_us[base], latency)
-        second["ok"] += 1
-        second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
-        result.ok += 1
-        result.pings_ok += len(fixes)
-        events = answer.get("events", ())
-        for event in events:
-            result.events[event["type"]] += 1
-        if not events:
-            _record(result.quiet_latency_us, latency)
-        for item in answer.get("ignored", ()):
-            result.ignored[item["reason"]] += 1
-        offers = len(answer.get("offers", ()))
-        if offers:
-            result.offers += offers
-            _record(result.offer_latency_us, latency)
+        result.count_answer(second, latency, len(fixes), answer)
 
     per_instance = -(-config.connections // len(bases))
     connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=per_instance)

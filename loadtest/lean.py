@@ -244,22 +244,7 @@ async def drive_lean(
             return
         answer = decode(raw)
         latency = done - intended
-        _record(result.latency_us, latency)
-        second["ok"] += 1
-        second["max_ms"] = max(second["max_ms"], round(latency * 1000, 1))
-        result.ok += 1
-        result.pings_ok += request.pings
-        events = answer.get("events", ())
-        for event in events:
-            result.events[event["type"]] += 1
-        if not events:
-            _record(result.quiet_latency_us, latency)
-        for item in answer.get("ignored", ()):
-            result.ignored[item["reason"]] += 1
-        offers = len(answer.get("offers", ()))
-        if offers:
-            result.offers += offers
-            _record(result.offer_latency_us, latency)
+        result.count_answer(second, latency, request.pings, answer)
 
     async def open_connection(instance: int) -> _Connection:
         host, port = addresses[instance]
