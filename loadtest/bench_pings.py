@@ -34,7 +34,7 @@ import psutil  # type: ignore[import-untyped]
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from geoservice.embedded_redis import _die_with_parent
-from loadtest.city import City, Device, split_zone_count
+from loadtest.city import City, Device, Fix, split_zone_count
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pings.json"
 HOST = "127.0.0.1"
@@ -164,6 +164,29 @@ def _record(h: HdrHistogram, seconds: float) -> None:
     h.record_value(min(HIST_MAX_US, max(1, round(seconds * 1e6))))
 
 
+def ping_body(
+    city: City,
+    device: Device,
+    now_s: float,
+    config: LoadConfig,
+    customer: str | None,
+    consent: bool,
+) -> tuple[list[Fix], dict[str, Any]]:
+    """The device walked to now_s, and the request it sends: one fix, or `config.batch` buffered
+    ones; its customer if it has one; consent on its first request."""
+    fixes = (
+        city.fixes(device, now_s, config.batch, config.interval_s)
+        if config.batch > 1
+        else [city.fix(device, now_s)]
+    )
+    body: dict[str, Any] = {"device_id": device.device_id, "pings": [f.wire() for f in fixes]}
+    if customer is not None:
+        body["customer_id"] = customer
+    if consent:
+        body["consent"] = {"location": True, "marketing": True}
+    return fixes, body
+
+
 async def drive(
     base_url: str | Sequence[str],
     sdk_key: str,
@@ -218,17 +241,8 @@ async def drive(
         recorded = record_from <= intended < record_to
         device = devices[index]
         now_s = time.time()
-        fixes = (
-            city.fixes(device, now_s, config.batch, config.interval_s)
-            if config.batch > 1
-            else [city.fix(device, now_s)]
-        )
-        body: dict[str, Any] = {"device_id": device.device_id, "pings": [f.wire() for f in fixes]}
         customer = customer_of(index) if customer_of else None
-        if customer is not None:
-            body["customer_id"] = customer
-        if not device.consented:
-            body["consent"] = {"location": True, "marketing": True}
+        fixes, body = ping_body(city, device, now_s, config, customer, not device.consented)
         key = "200"
         answer: Any = None
         try:

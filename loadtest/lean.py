@@ -39,6 +39,7 @@ from loadtest.bench_pings import (
     _readable,
     _record,
     _sample,
+    ping_body,
 )
 from loadtest.city import City, Device
 
@@ -97,18 +98,9 @@ def plan(
         heapq.heapreplace(schedule, (intended + period, index))
         device = devices[index]
         now_s = wall0 + intended
-        fixes = (
-            city.fixes(device, now_s, config.batch, config.interval_s)
-            if config.batch > 1
-            else [city.fix(device, now_s)]
-        )
-        body: dict[str, Any] = {"device_id": device.device_id, "pings": [f.wire() for f in fixes]}
         customer = customer_of(index) if customer_of else None
-        if customer is not None:
-            body["customer_id"] = customer
-        if index not in fleet.consented:
-            body["consent"] = {"location": True, "marketing": True}
-            fleet.consented.add(index)
+        fixes, body = ping_body(city, device, now_s, config, customer, index not in fleet.consented)
+        fleet.consented.add(index)
         data = encode(body)
         # On a 1 ms grid: the event loop's timers have millisecond resolution, and waiting for
         # a time between two ticks would spin the CPU instead of sleeping.
