@@ -159,6 +159,7 @@ class AutoPipeline:
                 return current  # another caller connected while this one waited
             loop = asyncio.get_running_loop()
             options = self._options
+            connection: _Connection | None = None
             try:
                 async with asyncio.timeout(self._timeout_s):
                     if options.get("connection_class") is UnixDomainSocketConnection:
@@ -170,10 +171,14 @@ class AutoPipeline:
                             _Connection, options.get("host", "localhost"), options.get("port", 6379)
                         )
                     await self._handshake(connection)
-            except TimeoutError as exc:
-                raise RedisTimeoutError(f"connecting to redis: {exc}") from None
-            except OSError as exc:
-                raise ConnectionError(f"connecting to redis: {exc}") from None
+            except BaseException as exc:
+                if connection is not None:  # a half-made connection is not left open
+                    connection.abort(ConnectionError("connecting to redis failed"))
+                if isinstance(exc, TimeoutError):
+                    raise RedisTimeoutError(f"connecting to redis: {exc}") from None
+                if isinstance(exc, OSError):
+                    raise ConnectionError(f"connecting to redis: {exc}") from None
+                raise
             self._connection = connection
             return connection
 
