@@ -3,6 +3,7 @@ mode (PROMETHEUS_MULTIPROC_DIR, set by the parent before the workers start) sums
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -47,6 +48,9 @@ WEBHOOK_LAG_SECONDS = Histogram(
 )
 
 
+# prometheus-client's labels() lookup costs more than the update itself on every request, so
+# each series is looked up once. Routes are patterns (not paths), so the cache stays small.
+@functools.cache
 def request_series(route: str, method: str, status: int) -> tuple[Any, Any]:
     """The counter and the duration histogram of one (route, method, status)."""
     return (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -147,17 +146,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = problem_response(request, GeoserviceError("unexpected error, it was logged"))
     finally:
         in_flight[0] -= 1
-    labels = (route_name, request.method, response.status)
-    series = _SERIES.get(labels)
-    if series is None:
-        series = _SERIES[labels] = metrics.request_series(
-            route_name, request.method, response.status
-        )
-    series[0].inc()
-    series[1].observe(time.perf_counter() - started)
+    count, duration = metrics.request_series(route_name, request.method, response.status)
+    count.inc()
+    duration.observe(time.perf_counter() - started)
     return response
-
-
-# (route, method, status) -> its counter and histogram: prometheus-client's labels() lookup
-# costs more than the update itself on every request. Routes are patterns, so this stays small.
-_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
