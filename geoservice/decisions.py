@@ -110,7 +110,7 @@ class OfferDesk:
             else keys.device_tag(device)
         )
 
-        async def for_zone(zone: Zone, candidates: list[Offer]) -> IssuedOffer | str | None:
+        async def for_zone(zone: Zone, candidates: list[Offer]) -> IssuedOffer | None:
             ranked = rank(
                 [
                     o
@@ -122,19 +122,20 @@ class OfferDesk:
                 now_ms,
                 limits.interest_half_life_s,
             )
-            outcome: IssuedOffer | str | None = None
             for offer in ranked:
                 outcome = await self._try_issue(tenant, device, holder, offer, zone, now_ms)
-                if isinstance(outcome, IssuedOffer) or outcome in ("day", "cooldown"):
+                if isinstance(outcome, IssuedOffer):
+                    return outcome
+                if outcome in ("day", "cooldown"):
                     break  # caps of the device or zone: no other offer can pass either
-            return outcome
+            return None
 
         # The zones entered at once are tried at once: their issue scripts leave together and
         # Redis runs them in this order, each checking the caps atomically, so the day cap
         # still stops the zones past it (they are refused "day") as a loop would, in one
         # round trip instead of one per zone.
         outcomes = await asyncio.gather(*(for_zone(z, c) for z, c in eligible))
-        issued = [o for o in outcomes if isinstance(o, IssuedOffer)]
+        issued = [o for o in outcomes if o is not None]
         if issued:
             segments = context.profile.segments if context.profile else ()
             await self._record(tenant, device, customer_id, segments, issued)
