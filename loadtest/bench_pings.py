@@ -164,6 +164,32 @@ def _record(h: HdrHistogram, seconds: float) -> None:
     h.record_value(min(HIST_MAX_US, max(1, round(seconds * 1e6))))
 
 
+class RecordingWindow:
+    """The recorded window's two edges: the generator's own CPU over it, and the hook that
+    starts and stops resource sampling (`on_window(True/False)`)."""
+
+    def __init__(self, result: LoadResult, on_window: Callable[[bool], None] | None) -> None:
+        self.result = result
+        self.on_window = on_window
+        self.is_open = False
+        self._me = psutil.Process()
+        self._cpu_at_open = 0.0
+
+    def open(self) -> None:
+        if self.is_open:
+            return
+        self.is_open = True
+        self._cpu_at_open = _cpu_s(self._me)
+        if self.on_window:
+            self.on_window(True)
+
+    def close(self) -> None:
+        self.result.generator_cpu_s = _cpu_s(self._me) - self._cpu_at_open
+        self.result.window_s = self.result.config.duration_s
+        if self.on_window:
+            self.on_window(False)
+
+
 def ping_body(
     city: City,
     device: Device,
@@ -281,9 +307,7 @@ async def drive(
     per_instance = -(-config.connections // len(bases))
     connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=per_instance)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
-    window_open = False
-    cpu_at_open = 0.0
-    me = psutil.Process()
+    window = RecordingWindow(result, on_window)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # Every loop here ends: the schedule stops at record_to, the drain at a hard deadline.
         while schedule:
@@ -291,14 +315,11 @@ async def drive(
             if intended >= record_to:
                 break
             now = loop.time()
-            if not window_open and now >= record_from:
-                window_open = True
-                cpu_at_open = _cpu_s(me)
-                if on_window:
-                    on_window(True)
+            if now >= record_from:
+                window.open()
             if intended > now:
                 # Before the window opens, wake at its start too: resource sampling begins then.
-                wake = intended if window_open else min(intended, record_from)
+                wake = intended if window.is_open else min(intended, record_from)
                 await asyncio.sleep(max(0.0, wake - now))
                 continue
             heapq.heapreplace(schedule, (intended + period, index))
@@ -309,15 +330,9 @@ async def drive(
             task.add_done_callback(in_flight.discard)
             if len(in_flight) > result.max_in_flight and intended >= record_from:
                 result.max_in_flight = len(in_flight)
-        if not window_open:  # a zero-length window still opens and closes
-            cpu_at_open = _cpu_s(me)
-            if on_window:
-                on_window(True)
+        window.open()  # a zero-length window still opens and closes
         await asyncio.sleep(max(0.0, record_to - loop.time()))
-        result.generator_cpu_s = _cpu_s(me) - cpu_at_open
-        result.window_s = config.duration_s
-        if on_window:
-            on_window(False)
+        window.close()
         hard_stop = loop.time() + config.request_timeout_s + 2.0
         while in_flight and loop.time() < hard_stop:
             await asyncio.wait(set(in_flight), timeout=max(0.0, hard_stop - loop.time()))

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import msgpack
 import orjson
-import psutil  # type: ignore[import-untyped]
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from loadtest.bench_pings import (
@@ -35,7 +34,7 @@ from loadtest.bench_pings import (
     MSGPACK,
     LoadConfig,
     LoadResult,
-    _cpu_s,
+    RecordingWindow,
     _readable,
     _record,
     _sample,
@@ -198,19 +197,23 @@ async def drive_lean(
     busy: set[_Connection] = set()
     addresses = [(urlsplit(b).hostname or "127.0.0.1", urlsplit(b).port or 80) for b in bases]
 
+    def take_next(conn: _Connection, now: float) -> None:
+        """A free connection sends its instance's oldest waiting request, or waits idle."""
+        backlog = backlogs[conn.instance]
+        if backlog:
+            intended, request = backlog.popleft()
+            busy.add(conn)
+            conn.send(intended, request, now)
+        else:
+            idles[conn.instance].append(conn)
+
     def answered(conn: _Connection, status: int, raw: bytes, content_type: str) -> None:
         done = loop.time()
         assert conn.current is not None
         intended, request = conn.current
         conn.current = None
         busy.discard(conn)
-        backlog = backlogs[conn.instance]
-        if backlog:
-            nxt = backlog.popleft()
-            busy.add(conn)
-            conn.send(nxt[0], nxt[1], done)
-        else:
-            idles[conn.instance].append(conn)
+        take_next(conn, done)
         finish(intended, request, str(status), raw, content_type, conn.sent_at, done)
         if result_histograms and record_from <= intended < record_to and status == 200:
             _record(result_histograms[bases[conn.instance]], done - intended)
@@ -247,9 +250,7 @@ async def drive_lean(
     for instance in range(len(bases)):
         for _ in range(per_instance):
             idles[instance].append(await open_connection(instance))
-    me = psutil.Process()
-    window_open = False
-    cpu_at_open = 0.0
+    window = RecordingWindow(result, on_window)
     next_check = loop.time() + 0.5
 
     replacing: set[asyncio.Task[None]] = set()
@@ -262,39 +263,27 @@ async def drive_lean(
     def check_timeouts(now: float) -> None:
         """A request past the client timeout fails; its connection is replaced."""
         for conn in list(busy):
-            if conn.current is not None and now - conn.sent_at > config.request_timeout_s:
-                intended, request = conn.current
-                conn.current = None
-                busy.discard(conn)
-                if conn.transport is not None:
-                    conn.transport.abort()
-                finish(intended, request, "timeout", b"", "", conn.sent_at, now)
-                start_replacement(conn.instance)
-            elif conn.transport is None and conn.current is not None:
-                intended, request = conn.current
-                conn.current = None
-                busy.discard(conn)
-                finish(intended, request, "ServerDisconnected", b"", "", conn.sent_at, now)
-                start_replacement(conn.instance)
+            timed_out = now - conn.sent_at > config.request_timeout_s
+            if conn.current is None or not (timed_out or conn.transport is None):
+                continue
+            intended, request = conn.current
+            conn.current = None
+            busy.discard(conn)
+            if conn.transport is not None:
+                conn.transport.abort()
+            key = "timeout" if timed_out else "ServerDisconnected"
+            finish(intended, request, key, b"", "", conn.sent_at, now)
+            start_replacement(conn.instance)
 
     async def replace(instance: int) -> None:
-        conn = await open_connection(instance)
-        if backlogs[instance]:
-            nxt = backlogs[instance].popleft()
-            busy.add(conn)
-            conn.send(nxt[0], nxt[1], loop.time())
-        else:
-            idles[instance].append(conn)
+        take_next(await open_connection(instance), loop.time())
 
     # Every loop here ends: the plan is finite, the drain has a hard deadline.
     position = 0
     while position < len(planned):
         now = loop.time()
-        if not window_open and now >= record_from:
-            window_open = True
-            cpu_at_open = _cpu_s(me)
-            if on_window:
-                on_window(True)
+        if now >= record_from:
+            window.open()
         while position < len(planned) and t0 + planned[position].intended <= now:
             request = planned[position]
             position += 1
@@ -319,18 +308,12 @@ async def drive_lean(
             next_check = now + 0.5
         if position < len(planned):
             wake = t0 + planned[position].intended
-            if not window_open:
+            if not window.is_open:
                 wake = min(wake, record_from)
             await asyncio.sleep(max(0.001, wake - loop.time()))
-    if not window_open:
-        cpu_at_open = _cpu_s(me)
-        if on_window:
-            on_window(True)
+    window.open()  # a zero-length window still opens and closes
     await asyncio.sleep(max(0.0, record_to - loop.time()))
-    result.generator_cpu_s = _cpu_s(me) - cpu_at_open
-    result.window_s = config.duration_s
-    if on_window:
-        on_window(False)
+    window.close()
     hard_stop = loop.time() + config.request_timeout_s + 2.0
     while (busy or any(backlogs)) and loop.time() < hard_stop:
         await asyncio.sleep(0.05)
