@@ -9,10 +9,22 @@ sending again, so a stall delays the requests behind it instead of adding to the
 The requests are planned by lean.plan (the same walking devices, bodies and codecs), written to
 a file as `<length>\\n<request bytes>` records, and read on in order by a small Lua script
 (cycling if a run sends more than was planned).
+
+`run_paced` is the open-loop form (wrk2's idea on Debian's wrk, which has no `-R`): the default
+driver of `make bench`'s ramp. Each planned request is due at its planned time; a connection
+that comes free claims the next request and waits, through wrk's `delay()` hook (whole
+milliseconds), until it is due. With more connections than requests in flight, a slow answer
+holds up nothing behind it. wrk times a request from its actual send: the pacing's own error is
+under a millisecond, and a request sent more than 1 ms after it was due (every connection was
+busy: the service fell behind) is counted as late, and a step with late sends is not a knee.
+(wrk also applies its own coordinated-omission correction at the end, adding samples for answers
+slower than a connection's mean spacing, which at these rates is 30 ms or more.)
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import resource
 import shutil
@@ -169,3 +181,209 @@ def best(rows: Sequence[dict[str, Any]], limit_ms: float) -> dict[str, Any] | No
         and r["latency_ms"].get("p99", float("inf")) <= limit_ms
     ]
     return max(good, key=lambda r: r["pings_per_s"], default=None)
+
+
+PACED_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } geoservice_timespec;
+int clock_gettime(int clock, geoservice_timespec *tp);
+]]
+local clock = ffi.new("geoservice_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+
+local due, bodies = {}, {}
+local claims, first_claim, last_claim = {}, 1, 0  -- requests claimed, not yet written
+local next_request, t0 = 1, nil
+local needles = {}
+sent, late, late_ms_max, ok, offers = 0, 0, 0, 0, 0
+events, statuses = {enter = 0, exit = 0, dwell = 0}, {}
+
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  while true do
+    local line = f:read("*l")
+    if not line then break end
+    local offset_ms, length = line:match("^(%S+) (%d+)$")
+    due[#due + 1] = tonumber(offset_ms)
+    bodies[#bodies + 1] = f:read(tonumber(length))
+  end
+  f:close()
+  if args[2] == "msgpack" then
+    needles = {enter = "\164type\165enter", exit = "\164type\164exit",
+               dwell = "\164type\165dwell", offer = "\168offer_id"}
+  else
+    needles = {enter = '"type":"enter"', exit = '"type":"exit"', dwell = '"type":"dwell"',
+               offer = '"offer_id"'}
+  end
+end
+
+local function claim(now)
+  local k = next_request
+  next_request = k + 1
+  last_claim = last_claim + 1
+  claims[last_claim] = k
+  return k
+end
+
+function delay()
+  local now = now_ms()
+  -- every connection claims its first request in the first milliseconds: start just after
+  if t0 == nil then t0 = now + 20 end
+  if next_request > #bodies then return 3600000 end  -- the plan is done: send nothing more
+  local wait = t0 + due[claim(now)] - now
+  if wait >= 0.5 then return math.floor(wait + 0.5) end
+  if wait < -1 then
+    late = late + 1
+    if -wait > late_ms_max then late_ms_max = -wait end
+  end
+  return 0
+end
+
+function request()
+  -- wrk calls request() once before the run to check that it is valid HTTP: show it the
+  -- first request without taking it from the plan
+  if t0 == nil then return bodies[1] end
+  if first_claim > last_claim then
+    -- a reconnect writes without a delay() first
+    if next_request > #bodies then next_request = 1 end
+    claim(now_ms())
+  end
+  local k = claims[first_claim]
+  claims[first_claim] = nil
+  first_claim = first_claim + 1
+  sent = sent + 1
+  return bodies[k]
+end
+
+local function count(s, needle)
+  local n, at = 0, 1
+  while true do
+    local found = string.find(s, needle, at, true)
+    if not found then return n end
+    n = n + 1
+    at = found + #needle
+  end
+end
+
+function response(status, headers, body)
+  statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
+  if status == 200 then
+    ok = ok + 1
+    if #body > 40 then  -- longer than an answer with no event, offer or ignored fix
+      events.enter = events.enter + count(body, needles.enter)
+      events.exit = events.exit + count(body, needles.exit)
+      events.dwell = events.dwell + count(body, needles.dwell)
+      offers = offers + count(body, needles.offer)
+    end
+  end
+end
+
+local threads = {}
+function setup(thread) threads[#threads + 1] = thread end
+
+function done(summary, latency, requests)
+  local t = threads[1]
+  local parts = {}
+  for code, n in pairs(t:get("statuses")) do
+    parts[#parts + 1] = string.format('"%s": %d', code, n)
+  end
+  local ev = t:get("events")
+  local e = summary.errors
+  io.write(string.format(
+    'GEOSERVICE-PACED {"sent": %d, "ok": %d, "late": %d, "late_ms_max": %.3f, "offers": %d, '
+    .. '"events": {"enter": %d, "exit": %d, "dwell": %d}, "statuses": {%s}, '
+    .. '"socket_errors": %d, "timeouts": %d, "answered": %d, "latency_us": {"mean": %.1f, '
+    .. '"p50": %d, "p90": %d, "p95": %d, "p99": %d, "p99.9": %d, "max": %d}}\n',
+    t:get("sent"), t:get("ok"), t:get("late"), t:get("late_ms_max"), t:get("offers"),
+    ev.enter, ev.exit, ev.dwell, table.concat(parts, ", "),
+    e.connect + e.read + e.write, e.timeout, summary.requests, latency.mean,
+    latency:percentile(50), latency:percentile(90), latency:percentile(95),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def run_paced(
+    base_urls: Sequence[str],
+    planned: Sequence[PlannedRequest],
+    codec: str,
+    connections: int,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Send the planned requests open-loop at their planned times (relative to the first), one
+    wrk per instance taking every n-th request, and report what was answered and how fast.
+    Latency percentiles are the worst instance's; counts are summed."""
+    if not planned:
+        raise ValueError("nothing planned")
+    start = planned[0].intended
+    span_s = planned[-1].intended - start
+    with tempfile.TemporaryDirectory(prefix="geoservice-wrk-") as folder:
+        script = Path(folder) / "paced.lua"
+        script.write_text(PACED_LUA)
+        files = []
+        for instance in range(len(base_urls)):
+            data = Path(folder) / f"requests-{instance}.bin"
+            with data.open("wb") as f:
+                for request in planned[instance :: len(base_urls)]:
+                    f.write(b"%.3f %d\n" % (1000 * (request.intended - start), len(request.wire)))
+                    f.write(request.wire)
+            files.append(data)
+        share = max(1, connections // len(base_urls))
+        # long enough for the last request's answer (wrk drops what is unanswered at the end);
+        # wrk takes whole seconds
+        duration_s = math.ceil(span_s + min(timeout_s, 2.0) + 0.5)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        command = ["wrk", "-t", "1", "-c", str(share), "-d", f"{duration_s}s"]
+        command += ["--timeout", f"{math.ceil(timeout_s)}s", "-s", str(script)]
+        processes = [
+            subprocess.Popen(
+                [*command, base, "--", str(data), codec],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for base, data in zip(base_urls, files, strict=True)
+        ]
+        outputs = [p.communicate(timeout=duration_s + 60) for p in processes]
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reports: list[dict[str, Any]] = []
+    for (stdout, stderr), process in zip(outputs, processes, strict=True):
+        line = next((x for x in stdout.splitlines() if x.startswith("GEOSERVICE-PACED ")), None)
+        if process.returncode or line is None:
+            raise RuntimeError(f"wrk failed ({process.returncode}): {(stderr or stdout)[-500:]}")
+        reports.append(json.loads(line.split(" ", 1)[1]))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    statuses: dict[str, int] = {}
+    for r in reports:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    latency = {
+        key: max(r["latency_us"][key] for r in reports) / 1000
+        for key in ("mean", "p50", "p90", "p95", "p99", "p99.9", "max")
+    }
+    return {
+        "planned": len(planned),
+        "span_s": span_s,
+        "sent": sum(r["sent"] for r in reports),
+        "ok": sum(r["ok"] for r in reports),
+        "answered": sum(r["answered"] for r in reports),
+        "late_sends": sum(r["late"] for r in reports),
+        "late_ms_max": max(r["late_ms_max"] for r in reports),
+        "statuses": statuses,
+        "socket_errors": sum(r["socket_errors"] for r in reports),
+        "timeouts": sum(r["timeouts"] for r in reports),
+        "events": {k: sum(r["events"][k] for r in reports) for k in ("enter", "exit", "dwell")},
+        "offers": sum(r["offers"] for r in reports),
+        "latency_ms": {k: round(v, 3) for k, v in latency.items()},
+        "latency_ms_by_instance": {
+            base: {k: v / 1000 for k, v in r["latency_us"].items()}
+            for base, r in zip(base_urls, reports, strict=True)
+        },
+        "generator_cpu_percent": round(100 * cpu / max(wall, 1e-9), 1),
+    }

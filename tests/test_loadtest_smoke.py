@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ pytest.importorskip("hdrh")
 from loadtest.bench import cpu_costs, customer_of, knee, load_offers, plot, set_audience_offer
 from loadtest.bench_pings import LoadConfig, drive, import_zones
 from loadtest.city import City
-from loadtest.lean import drive_lean
+from loadtest.lean import drive_lean, plan
 
 
 async def test_simulator_drives_pings_and_gets_events(
@@ -68,6 +70,59 @@ async def test_lean_driver_sends_the_simulated_city_and_reads_every_answer(
     assert result.unfinished == 0
 
 
+@pytest.mark.parametrize(("batch", "codec"), [(1, "json"), (5, "msgpack")])
+async def test_paced_wrk_sends_the_plan_on_time_and_counts_what_the_service_logged(
+    client: TestClient[web.Request, web.Application],
+    make_tenant: TenantFactory,
+    batch: int,
+    codec: str,
+) -> None:
+    """make bench's default driver: every planned request sent once, in order (a device's
+    consent-carrying first request included: no 403), no earlier than planned, and the events
+    it counts in the answers are the ones the service logged."""
+    from loadtest import wrk
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (Debian: apt-get install wrk)")
+    tenant = await make_tenant("paced")
+    base_url = str(client.server.make_url("")).rstrip("/")
+    city = City.workload_a(200, seed=1, dwell_s=60)
+    async with aiohttp.ClientSession() as session:
+        await import_zones(session, base_url, tenant.secret_key, city)
+    config = LoadConfig(
+        devices=30, interval_s=1.0, batch=batch, codec=codec, duration_s=3.0, warmup_s=0.0,
+        connections=8,
+    )  # fmt: skip
+    planned = plan(base_url, tenant.sdk_key, city, config, time.time())
+    started = time.perf_counter()
+    run = await asyncio.to_thread(wrk.run_paced, [base_url], planned, codec, 8, 10.0)
+    took = time.perf_counter() - started
+
+    assert run["planned"] == run["sent"] == run["ok"] == len(planned)
+    assert run["statuses"] == {"200": len(planned)}
+    assert run["socket_errors"] == run["timeouts"] == run["late_sends"] == 0
+    # paced, not as fast as possible: the plan spans ~3 s
+    assert took >= run["span_s"] >= 2.5
+    logged: dict[str, int] = {"enter": 0, "exit": 0, "dwell": 0}
+    cursor: str | None = None
+    async with aiohttp.ClientSession() as session:
+        while True:
+            query = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+            async with session.get(
+                f"{base_url}/v1/events", params=query, headers=tenant.secret
+            ) as response:
+                assert response.status == 200, await response.text()
+                page = await response.json()
+            for event in page["events"]:
+                if event["type"] in logged:
+                    logged[event["type"]] += 1
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    assert sum(logged.values()) >= 1
+    assert run["events"] == logged
+
+
 async def test_bench_offers_knee_and_plot(
     client: TestClient[web.Request, web.Application],
     make_tenant: TenantFactory,
@@ -100,6 +155,10 @@ async def test_bench_offers_knee_and_plot(
     rows = [row(100, 3), row(200, 8), row(300, 9, errors=1), row(400, 50)]
     assert knee(rows, 10.0) == rows[1]
     assert knee(rows[3:], 10.0) is None
+    # the paced driver sent 1 % of the step late (every connection busy): not a knee
+    late = {**row(250, 6), "requests_per_s": 250, "window_s": 10.0, "late_sends": 25}
+    assert knee([*rows, late], 10.0) == rows[1]
+    assert knee([*rows, {**late, "late_sends": 2}], 10.0)["pings_per_s"] == 250
     plot({"single": rows, "batch": rows}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
