@@ -213,19 +213,26 @@ class OfferDesk:
                 pipe.hset(key, mapping=record)
                 pipe.expire(key, ttl_s)
                 await pipe.execute()
-            await stats.record_offer(
-                self.store,
-                tenant.tenant_id,
-                device,
-                OfferEvent(
-                    "offer_issued",
-                    offer.offer.offer_id,
-                    offer.id,
-                    offer.zone.zone_id,
-                    offer.zone.store_id,
-                    offer.issued_at_ms,
-                    segments,
-                ),
-            )
 
-        await asyncio.gather(*(record(offer) for offer in issued))
+        # The issued records (what a redemption reads) and the offer events are independent:
+        # over the automatic pipeline they all leave in one write, one round trip.
+        await asyncio.gather(
+            *(record(offer) for offer in issued),
+            *(
+                stats.record_offer(
+                    self.store,
+                    tenant.tenant_id,
+                    device,
+                    OfferEvent(
+                        "offer_issued",
+                        offer.offer.offer_id,
+                        offer.id,
+                        offer.zone.zone_id,
+                        offer.zone.store_id,
+                        offer.issued_at_ms,
+                        segments,
+                    ),
+                )
+                for offer in issued
+            ),
+        )
