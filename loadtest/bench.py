@@ -850,10 +850,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--instances", type=int, default=2, help="service instances with --cluster")
     ap.add_argument(
-        "--rates", type=rates, default=[500, 1000, 1500, 2000, 2500, 3000, 4000], help="req/s"
+        "--rates",
+        type=rates,
+        default=[500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000],
+        help="req/s",
     )
     ap.add_argument(
-        "--batch-rates", type=rates, default=[50, 100, 150, 200, 300, 400, 600], help="req/s"
+        "--batch-rates", type=rates, default=[50, 100, 200, 300, 400, 600, 800, 1200], help="req/s"
     )
     ap.add_argument("--batch", type=int, default=20, help="pings per batched request")
     ap.add_argument("--codec", choices=("json", "msgpack"), default="json", help="single pings")
@@ -932,6 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM as Ctrl-C: the runner cancels the run, whose clean-up stops the services and then
     # the cluster (asyncio.Runner turns SIGINT into a cancellation of the main task).
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    # A shell starts a background job (`make bench &`) with SIGINT ignored; the runner then
+    # installs no handler of its own and neither Ctrl-C nor SIGTERM would stop the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
         import uvloop
