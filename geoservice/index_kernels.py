@@ -544,6 +544,32 @@ def _in_polygon(pv: F64, o: int, x: float, y: float) -> bool:
 
 
 @_jit
+def _in_circle(circ: F64, slot: int, px: float, py: float, pz: float) -> bool:
+    """The point is within the slot's circle. A slot that is not live has a negative
+    threshold, which no squared distance passes."""
+    b = slot * CIRCLE_COLS
+    dx = px - circ[b]
+    dy = py - circ[b + 1]
+    dz = pz - circ[b + 2]
+    return bool(dx * dx + dy * dy + dz * dz <= circ[b + 3])
+
+
+@_jit
+def _contains(
+    code: int, circ: F64, pv: F64, lat: float, lon: float, px: float, py: float, pz: float
+) -> bool:
+    """Exact test of one candidate: its slot is live and the point is in its zone."""
+    if code & 3 == 1:
+        return _in_circle(circ, code >> 2, px, py, pz)
+    b = (code >> 2) * CIRCLE_COLS
+    if circ[b + 3] < 0.0:
+        return False
+    if code & 3 == 3:
+        return _in_polygon(pv, int(circ[b]), lon, lat)
+    return True
+
+
+@_jit
 def _emit(
     code: int,
     circ: F64,
@@ -556,25 +582,12 @@ def _emit(
     out: I64,
     n: int,
 ) -> int:
-    """Exact test of one candidate; writes its slot at n (if out has room) and returns the
-    new count."""
-    slot = code >> 2
-    b = slot * CIRCLE_COLS
-    thr = circ[b + 3]
-    if thr < 0.0:
+    """Writes the candidate's slot at n if it passes the exact test (and out has room);
+    returns the new count."""
+    if not _contains(code, circ, pv, lat, lon, px, py, pz):
         return n
-    if code & 1:
-        if code & 2:
-            if not _in_polygon(pv, int(circ[b]), lon, lat):
-                return n
-        else:
-            dx = px - circ[b]
-            dy = py - circ[b + 1]
-            dz = pz - circ[b + 2]
-            if dx * dx + dy * dy + dz * dz > thr:
-                return n
     if n < out.shape[0]:
-        out[n] = slot
+        out[n] = code >> 2
     return n + 1
 
 
@@ -856,30 +869,31 @@ def lookup_points(
         j = cand_pt[c]
         v = cand_v[c]
         if v >= 0:
-            first = c
+            first = 0
             count = 1
         else:
             first = m_off - v
             count = tab[first - 1]
-        hit_pt = _grow(hit_pt, n_h + count)
-        hit_slot = _grow(hit_slot, n_h + count)
+        if n_h + count > hit_pt.shape[0]:
+            hit_pt = _grow(hit_pt, n_h + count)
+            hit_slot = _grow(hit_slot, n_h + count)
+        la = lat[j]
+        lo = lon[j]
+        px = unit_xyz[j, 0]
+        py = unit_xyz[j, 1]
+        pz = unit_xyz[j, 2]
         for t in range(count):
             code = v if v >= 0 else tab[first + t]
-            m = _emit(
-                code,
-                circ,
-                pv,
-                lat[j],
-                lon[j],
-                unit_xyz[j, 0],
-                unit_xyz[j, 1],
-                unit_xyz[j, 2],
-                hit_slot[n_h:],
-                0,
-            )
-            if m:
-                hit_pt[n_h] = j
-                n_h += 1
+            # written unconditionally and kept by advancing n_h: whether a candidate passes
+            # is a coin flip that a branch would mispredict
+            hit_pt[n_h] = j
+            hit_slot[n_h] = code >> 2
+            if code & 3 == 1:
+                # a circle's boundary cell, by far the most common candidate: tested here,
+                # where the compiler inlines it (it does not inline _contains)
+                n_h += _in_circle(circ, code >> 2, px, py, pz)
+            else:
+                n_h += _contains(code, circ, pv, la, lo, px, py, pz)
     start = np.zeros(n_pts + 1, np.int64)
     for t in range(n_h):
         start[hit_pt[t] + 1] += 1
