@@ -828,9 +828,9 @@ def _warm_up() -> Callable[..., int]:
 
 # --- the index -------------------------------------------------------------------------------
 
-# max_res, tables, overlay, slot rows, polygon records, output buffer, and their addresses
-# (index_kernels.plan_addresses) for the single lookup
-_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64]
+# max_res, tables, overlay, slot rows, polygon records, output buffer, and for the single
+# lookup the array of their addresses (index_kernels.plan_array) and that array's address
+_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64, int]
 
 
 class ZoneIndex:
@@ -952,7 +952,7 @@ class ZoneIndex:
         """Ids of the zones containing the point (any order)."""
         # one read of the plan: tables, overlay and slot rows that belong together
         plan = self._plan
-        n = self._lookup_point(lat, lon, 0, plan[0], plan[6])
+        n = self._lookup_point(lat, lon, 0, plan[7])
         if not n:
             return []
         if n < 0 or n > len(plan[5]):
@@ -1000,17 +1000,17 @@ class ZoneIndex:
         q = 0
         if n < 0:
             q = _latlng_to_cell(lat, lon, self._plan[0])
-            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+            n = self._lookup_point(lat, lon, q, self._plan[7])
         if n > len(self._out):
             self._out = np.zeros(2 * n, np.int64)
             self._out_mv = self._out.data
             self._replan()
-            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+            n = self._lookup_point(lat, lon, q, self._plan[7])
         return int(n)
 
     def _hits(self, lat: F64, lon: F64, plan: _Plan) -> tuple[I64, I64]:
         """(point index, slot) of every containing zone, sorted by point index."""
-        max_res, tab, ov, circ, pv, _, _ = plan
+        max_res, tab, ov, circ, pv, _, _, _ = plan
         pts, slots, fb = _k.lookup_points(lat, lon, _NO_CELLS, max_res, tab, ov, circ, pv)
         if len(fb):
             f = _latlng_to_cell
@@ -1030,7 +1030,8 @@ class ZoneIndex:
         # an empty index still has a valid resolution: its tables hold no level to probe
         max_res = max(self._tables.max_res, res_bits.bit_length() - 1, 0)
         arrays = (self._tables.tab, self._ov, self._circ, self._pv, self._out)
-        self._plan = (max_res, *arrays, _k.plan_addresses(*arrays))
+        plan = _k.plan_array(max_res, *arrays)
+        self._plan = (max_res, *arrays, plan, plan.ctypes.data)
 
     def _live(self) -> Bool:
         out: Bool = self._circ[3::CIRCLE_COLS] >= 0.0

@@ -704,36 +704,40 @@ def _voidptr_typing(typingctx: Any, addr: Any) -> Any:
 _voidptr: Any = intrinsic(_voidptr_typing)
 
 
-# The single lookup gets its arrays as one int64 array of (address, length) pairs, in this
-# order: numba unboxes every array argument (~50 ns each), and a lookup is ~1 us. The caller
-# keeps the arrays alive for as long as it uses the addresses.
+# The single lookup gets its arrays and the finest resolution as one int64 array of (address,
+# length) pairs and the resolution, in this order, and that array by its address: numba
+# unboxes every array argument (~100 ns each, against ~10 ns for an int), and a lookup is
+# ~1 us. The caller keeps the arrays alive for as long as it uses the addresses.
 PLAN_TAB = 0
 PLAN_OV = 2
 PLAN_CIRC = 4
 PLAN_PV = 6
 PLAN_OUT = 8
-PLAN_LEN = 10
+PLAN_RES = 10
+PLAN_LEN = 11
 
 
-def plan_addresses(tab: I64, ov: I64, circ: F64, pv: F64, out: I64) -> I64:
+def plan_array(res: int, tab: I64, ov: I64, circ: F64, pv: F64, out: I64) -> I64:
+    """The plan that lookup_point reads; pass it as plan.ctypes.data."""
     arrays = (tab, ov, circ, pv, out)
     if not all(a.flags.c_contiguous and a.ndim == 1 for a in arrays):
         raise ValueError("the compiled lookup needs one-dimensional C-contiguous arrays")
-    return np.array([x for a in arrays for x in (a.ctypes.data, len(a))], np.int64)
+    return np.array([x for a in arrays for x in (a.ctypes.data, len(a))] + [res], np.int64)
 
 
 @_jit
-def lookup_point(lat: float, lon: float, q: int, res: int, plan: I64) -> int:
+def lookup_point(lat: float, lon: float, q: int, plan_address: int) -> int:
     """Slots of the zones containing (lat, lon) into the plan's out array; returns their
     count (which may exceed its length: call again with a bigger one), or -1 if the point's
     cell must come from h3 (pass it as q, else 0)."""
+    plan = carray(_voidptr(plan_address), PLAN_LEN, np.int64)
     tab = carray(_voidptr(plan[PLAN_TAB]), plan[PLAN_TAB + 1], np.int64)
     ov = carray(_voidptr(plan[PLAN_OV]), plan[PLAN_OV + 1], np.int64)
     circ = carray(_voidptr(plan[PLAN_CIRC]), plan[PLAN_CIRC + 1], np.float64)
     pv = carray(_voidptr(plan[PLAN_PV]), plan[PLAN_PV + 1], np.float64)
     out = carray(_voidptr(plan[PLAN_OUT]), plan[PLAN_OUT + 1], np.int64)
     if q == 0:
-        q, px, py, pz = _cell(lat, lon, res)
+        q, px, py, pz = _cell(lat, lon, plan[PLAN_RES])
         if q < 0:
             return -1
     else:
@@ -945,14 +949,15 @@ def warm_up() -> Callable[..., int]:
     """Compiles (or loads from numba's cache) every kernel, so that the first real lookup
     does not pay for it. Returns lookup_point's compiled entry, which skips numba's dispatch
     (the type check of every argument); its callers must pass exactly these types (float,
-    float, int, int, a C-contiguous int64 array from plan_addresses), as it converts but does
-    not check them."""
+    float, int, int: the address of an array from plan_array), as it converts but does not
+    check them."""
     tab = np.zeros(TAB_HEADER, np.int64)
     ov = new_overlay(0)
     circ = np.zeros(CIRCLE_COLS, np.float64)
     pv = np.zeros(PV_HEADER, np.float64)
     out = np.zeros(4, np.int64)
-    args = (47.0, 8.0, 0, 9, plan_addresses(tab, ov, circ, pv, out))
+    plan = plan_array(9, tab, ov, circ, pv, out)
+    args = (47.0, 8.0, 0, plan.ctypes.data)
     lookup_point(*args)
     e = np.empty(0, np.int64)
     lookup_points(np.zeros(1), np.zeros(1), e, 9, tab, ov, circ, pv)
