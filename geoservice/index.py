@@ -439,61 +439,6 @@ def _cap_boxes(clat: F64, clon: F64, reach_rad: F64) -> tuple[F64, F64, F64, F64
     return xmin, np.maximum(ymin, -90.0), xmax, np.minimum(ymax, 90.0), polar
 
 
-class _AreaMask:
-    """Coarse lon/lat raster of where cells of the fine levels (res >= FILTER_RES) may lie,
-    built from their res-FILTER_RES ancestors. A batch computes H3 cells only for points on
-    marked pixels: pings far from every zone cost a few array operations."""
-
-    _MAX_PIXELS = 1 << 21
-
-    def __init__(self, anc: I64) -> None:
-        clat, clon = _centres(anc)
-        xmin, ymin, xmax, ymax, _ = _cap_boxes(
-            clat, clon, np.full(len(anc), _REACH_RAD[FILTER_RES])
-        )
-        # boxes running past the antimeridian are marked on both sides
-        parts = [(np.maximum(xmin, -180.0), ymin, np.minimum(xmax, 180.0), ymax)]
-        west = xmin < -180.0
-        east = xmax > 180.0
-        parts.append((xmin[west] + 360.0, ymin[west], np.full(west.sum(), 180.0), ymax[west]))
-        parts.append((np.full(east.sum(), -180.0), ymin[east], xmax[east] - 360.0, ymax[east]))
-        x0, y0, x1, y1 = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        self.lon0 = float(x0.min())
-        self.lat0 = float(y0.min())
-        span_x = float(x1.max()) - self.lon0
-        span_y = float(y1.max()) - self.lat0
-        self.step = max(0.01, math.sqrt(span_x * span_y / self._MAX_PIXELS), 1e-9)
-        self.nx = int(span_x / self.step) + 2
-        self.ny = int(span_y / self.step) + 2
-        grid = np.zeros((self.ny, self.nx), np.bool_)
-        ix0 = np.floor((x0 - self.lon0) / self.step).astype(np.int64)
-        ix1 = np.floor((x1 - self.lon0) / self.step).astype(np.int64)
-        iy0 = np.floor((y0 - self.lat0) / self.step).astype(np.int64)
-        iy1 = np.floor((y1 - self.lat0) / self.step).astype(np.int64)
-        for a, b, c, d in zip(iy0.tolist(), iy1.tolist(), ix0.tolist(), ix1.tolist(), strict=True):
-            grid[a : b + 1, c : d + 1] = True
-        self.grid = grid.ravel()
-
-    def covers(self, lat: F64, lon: F64) -> Bool:
-        # the same longitude wrapped into [-180, 180], as the point's H3 cell would see it
-        lon_n = np.where((lon < -180.0) | (lon > 180.0), (lon + 180.0) % 360.0 - 180.0, lon)
-        out = self._pixels(lat, lon_n)
-        edge = np.abs(lon_n) == 180.0
-        if edge.any():
-            e = np.flatnonzero(edge)
-            out[e] |= self._pixels(lat[e], -lon_n[e])
-        return out
-
-    def _pixels(self, lat: F64, lon: F64) -> Bool:
-        ix = np.floor((lon - self.lon0) / self.step)
-        iy = np.floor((lat - self.lat0) / self.step)
-        inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
-        out = np.zeros(len(lat), np.bool_)
-        idx = (iy[inside] * self.nx + ix[inside]).astype(np.intp)
-        out[inside] = self.grid[idx]
-        return out
-
-
 def _classify_boxes(
     geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
 ) -> tuple[Bool, Bool]:
