@@ -439,61 +439,6 @@ def _cap_boxes(clat: F64, clon: F64, reach_rad: F64) -> tuple[F64, F64, F64, F64
     return xmin, np.maximum(ymin, -90.0), xmax, np.minimum(ymax, 90.0), polar
 
 
-class _AreaMask:
-    """Coarse lon/lat raster of where cells of the fine levels (res >= FILTER_RES) may lie,
-    built from their res-FILTER_RES ancestors. A batch computes H3 cells only for points on
-    marked pixels: pings far from every zone cost a few array operations."""
-
-    _MAX_PIXELS = 1 << 21
-
-    def __init__(self, anc: I64) -> None:
-        clat, clon = _centres(anc)
-        xmin, ymin, xmax, ymax, _ = _cap_boxes(
-            clat, clon, np.full(len(anc), _REACH_RAD[FILTER_RES])
-        )
-        # boxes running past the antimeridian are marked on both sides
-        parts = [(np.maximum(xmin, -180.0), ymin, np.minimum(xmax, 180.0), ymax)]
-        west = xmin < -180.0
-        east = xmax > 180.0
-        parts.append((xmin[west] + 360.0, ymin[west], np.full(west.sum(), 180.0), ymax[west]))
-        parts.append((np.full(east.sum(), -180.0), ymin[east], xmax[east] - 360.0, ymax[east]))
-        x0, y0, x1, y1 = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        self.lon0 = float(x0.min())
-        self.lat0 = float(y0.min())
-        span_x = float(x1.max()) - self.lon0
-        span_y = float(y1.max()) - self.lat0
-        self.step = max(0.01, math.sqrt(span_x * span_y / self._MAX_PIXELS), 1e-9)
-        self.nx = int(span_x / self.step) + 2
-        self.ny = int(span_y / self.step) + 2
-        grid = np.zeros((self.ny, self.nx), np.bool_)
-        ix0 = np.floor((x0 - self.lon0) / self.step).astype(np.int64)
-        ix1 = np.floor((x1 - self.lon0) / self.step).astype(np.int64)
-        iy0 = np.floor((y0 - self.lat0) / self.step).astype(np.int64)
-        iy1 = np.floor((y1 - self.lat0) / self.step).astype(np.int64)
-        for a, b, c, d in zip(iy0.tolist(), iy1.tolist(), ix0.tolist(), ix1.tolist(), strict=True):
-            grid[a : b + 1, c : d + 1] = True
-        self.grid = grid.ravel()
-
-    def covers(self, lat: F64, lon: F64) -> Bool:
-        # the same longitude wrapped into [-180, 180], as the point's H3 cell would see it
-        lon_n = np.where((lon < -180.0) | (lon > 180.0), (lon + 180.0) % 360.0 - 180.0, lon)
-        out = self._pixels(lat, lon_n)
-        edge = np.abs(lon_n) == 180.0
-        if edge.any():
-            e = np.flatnonzero(edge)
-            out[e] |= self._pixels(lat[e], -lon_n[e])
-        return out
-
-    def _pixels(self, lat: F64, lon: F64) -> Bool:
-        ix = np.floor((lon - self.lon0) / self.step)
-        iy = np.floor((lat - self.lat0) / self.step)
-        inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
-        out = np.zeros(len(lat), np.bool_)
-        idx = (iy[inside] * self.nx + ix[inside]).astype(np.intp)
-        out[inside] = self.grid[idx]
-        return out
-
-
 def _classify_boxes(
     geoms: npt.NDArray[np.object_], clat: F64, clon: F64, reach_rad: F64
 ) -> tuple[Bool, Bool]:
@@ -828,9 +773,9 @@ def _warm_up() -> Callable[..., int]:
 
 # --- the index -------------------------------------------------------------------------------
 
-# max_res, tables, overlay, slot rows, polygon records, output buffer, and their addresses
-# (index_kernels.plan_addresses) for the single lookup
-_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64]
+# max_res, tables, overlay, slot rows, polygon records, output buffer, and for the single
+# lookup the array of their addresses (index_kernels.plan_array) and that array's address
+_Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64, int]
 
 
 class ZoneIndex:
@@ -952,7 +897,7 @@ class ZoneIndex:
         """Ids of the zones containing the point (any order)."""
         # one read of the plan: tables, overlay and slot rows that belong together
         plan = self._plan
-        n = self._lookup_point(lat, lon, 0, plan[0], plan[6])
+        n = self._lookup_point(lat, lon, 0, plan[7])
         if not n:
             return []
         if n < 0 or n > len(plan[5]):
@@ -1000,17 +945,17 @@ class ZoneIndex:
         q = 0
         if n < 0:
             q = _latlng_to_cell(lat, lon, self._plan[0])
-            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+            n = self._lookup_point(lat, lon, q, self._plan[7])
         if n > len(self._out):
             self._out = np.zeros(2 * n, np.int64)
             self._out_mv = self._out.data
             self._replan()
-            n = self._lookup_point(lat, lon, q, self._plan[0], self._plan[6])
+            n = self._lookup_point(lat, lon, q, self._plan[7])
         return int(n)
 
     def _hits(self, lat: F64, lon: F64, plan: _Plan) -> tuple[I64, I64]:
         """(point index, slot) of every containing zone, sorted by point index."""
-        max_res, tab, ov, circ, pv, _, _ = plan
+        max_res, tab, ov, circ, pv, _, _, _ = plan
         pts, slots, fb = _k.lookup_points(lat, lon, _NO_CELLS, max_res, tab, ov, circ, pv)
         if len(fb):
             f = _latlng_to_cell
@@ -1030,7 +975,8 @@ class ZoneIndex:
         # an empty index still has a valid resolution: its tables hold no level to probe
         max_res = max(self._tables.max_res, res_bits.bit_length() - 1, 0)
         arrays = (self._tables.tab, self._ov, self._circ, self._pv, self._out)
-        self._plan = (max_res, *arrays, _k.plan_addresses(*arrays))
+        plan = _k.plan_array(max_res, *arrays)
+        self._plan = (max_res, *arrays, plan, plan.ctypes.data)
 
     def _live(self) -> Bool:
         out: Bool = self._circ[3::CIRCLE_COLS] >= 0.0

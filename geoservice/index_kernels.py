@@ -544,6 +544,32 @@ def _in_polygon(pv: F64, o: int, x: float, y: float) -> bool:
 
 
 @_jit
+def _in_circle(circ: F64, slot: int, px: float, py: float, pz: float) -> bool:
+    """The point is within the slot's circle. A slot that is not live has a negative
+    threshold, which no squared distance passes."""
+    b = slot * CIRCLE_COLS
+    dx = px - circ[b]
+    dy = py - circ[b + 1]
+    dz = pz - circ[b + 2]
+    return bool(dx * dx + dy * dy + dz * dz <= circ[b + 3])
+
+
+@_jit
+def _contains(
+    code: int, circ: F64, pv: F64, lat: float, lon: float, px: float, py: float, pz: float
+) -> bool:
+    """Exact test of one candidate: its slot is live and the point is in its zone."""
+    if code & 3 == 1:
+        return _in_circle(circ, code >> 2, px, py, pz)
+    b = (code >> 2) * CIRCLE_COLS
+    if circ[b + 3] < 0.0:
+        return False
+    if code & 3 == 3:
+        return _in_polygon(pv, int(circ[b]), lon, lat)
+    return True
+
+
+@_jit
 def _emit(
     code: int,
     circ: F64,
@@ -556,25 +582,12 @@ def _emit(
     out: I64,
     n: int,
 ) -> int:
-    """Exact test of one candidate; writes its slot at n (if out has room) and returns the
-    new count."""
-    slot = code >> 2
-    b = slot * CIRCLE_COLS
-    thr = circ[b + 3]
-    if thr < 0.0:
+    """Writes the candidate's slot at n if it passes the exact test (and out has room);
+    returns the new count."""
+    if not _contains(code, circ, pv, lat, lon, px, py, pz):
         return n
-    if code & 1:
-        if code & 2:
-            if not _in_polygon(pv, int(circ[b]), lon, lat):
-                return n
-        else:
-            dx = px - circ[b]
-            dy = py - circ[b + 1]
-            dz = pz - circ[b + 2]
-            if dx * dx + dy * dy + dz * dz > thr:
-                return n
     if n < out.shape[0]:
-        out[n] = slot
+        out[n] = code >> 2
     return n + 1
 
 
@@ -691,36 +704,40 @@ def _voidptr_typing(typingctx: Any, addr: Any) -> Any:
 _voidptr: Any = intrinsic(_voidptr_typing)
 
 
-# The single lookup gets its arrays as one int64 array of (address, length) pairs, in this
-# order: numba unboxes every array argument (~50 ns each), and a lookup is ~1 us. The caller
-# keeps the arrays alive for as long as it uses the addresses.
+# The single lookup gets its arrays and the finest resolution as one int64 array of (address,
+# length) pairs and the resolution, in this order, and that array by its address: numba
+# unboxes every array argument (~100 ns each, against ~10 ns for an int), and a lookup is
+# ~1 us. The caller keeps the arrays alive for as long as it uses the addresses.
 PLAN_TAB = 0
 PLAN_OV = 2
 PLAN_CIRC = 4
 PLAN_PV = 6
 PLAN_OUT = 8
-PLAN_LEN = 10
+PLAN_RES = 10
+PLAN_LEN = 11
 
 
-def plan_addresses(tab: I64, ov: I64, circ: F64, pv: F64, out: I64) -> I64:
+def plan_array(res: int, tab: I64, ov: I64, circ: F64, pv: F64, out: I64) -> I64:
+    """The plan that lookup_point reads; pass it as plan.ctypes.data."""
     arrays = (tab, ov, circ, pv, out)
     if not all(a.flags.c_contiguous and a.ndim == 1 for a in arrays):
         raise ValueError("the compiled lookup needs one-dimensional C-contiguous arrays")
-    return np.array([x for a in arrays for x in (a.ctypes.data, len(a))], np.int64)
+    return np.array([x for a in arrays for x in (a.ctypes.data, len(a))] + [res], np.int64)
 
 
 @_jit
-def lookup_point(lat: float, lon: float, q: int, res: int, plan: I64) -> int:
+def lookup_point(lat: float, lon: float, q: int, plan_address: int) -> int:
     """Slots of the zones containing (lat, lon) into the plan's out array; returns their
     count (which may exceed its length: call again with a bigger one), or -1 if the point's
     cell must come from h3 (pass it as q, else 0)."""
+    plan = carray(_voidptr(plan_address), PLAN_LEN, np.int64)
     tab = carray(_voidptr(plan[PLAN_TAB]), plan[PLAN_TAB + 1], np.int64)
     ov = carray(_voidptr(plan[PLAN_OV]), plan[PLAN_OV + 1], np.int64)
     circ = carray(_voidptr(plan[PLAN_CIRC]), plan[PLAN_CIRC + 1], np.float64)
     pv = carray(_voidptr(plan[PLAN_PV]), plan[PLAN_PV + 1], np.float64)
     out = carray(_voidptr(plan[PLAN_OUT]), plan[PLAN_OUT + 1], np.int64)
     if q == 0:
-        q, px, py, pz = _cell(lat, lon, res)
+        q, px, py, pz = _cell(lat, lon, plan[PLAN_RES])
         if q < 0:
             return -1
     else:
@@ -856,30 +873,31 @@ def lookup_points(
         j = cand_pt[c]
         v = cand_v[c]
         if v >= 0:
-            first = c
+            first = 0
             count = 1
         else:
             first = m_off - v
             count = tab[first - 1]
-        hit_pt = _grow(hit_pt, n_h + count)
-        hit_slot = _grow(hit_slot, n_h + count)
+        if n_h + count > hit_pt.shape[0]:
+            hit_pt = _grow(hit_pt, n_h + count)
+            hit_slot = _grow(hit_slot, n_h + count)
+        la = lat[j]
+        lo = lon[j]
+        px = unit_xyz[j, 0]
+        py = unit_xyz[j, 1]
+        pz = unit_xyz[j, 2]
         for t in range(count):
             code = v if v >= 0 else tab[first + t]
-            m = _emit(
-                code,
-                circ,
-                pv,
-                lat[j],
-                lon[j],
-                unit_xyz[j, 0],
-                unit_xyz[j, 1],
-                unit_xyz[j, 2],
-                hit_slot[n_h:],
-                0,
-            )
-            if m:
-                hit_pt[n_h] = j
-                n_h += 1
+            # written unconditionally and kept by advancing n_h: whether a candidate passes
+            # is a coin flip that a branch would mispredict
+            hit_pt[n_h] = j
+            hit_slot[n_h] = code >> 2
+            if code & 3 == 1:
+                # a circle's boundary cell, by far the most common candidate: tested here,
+                # where the compiler inlines it (it does not inline _contains)
+                n_h += _in_circle(circ, code >> 2, px, py, pz)
+            else:
+                n_h += _contains(code, circ, pv, la, lo, px, py, pz)
     start = np.zeros(n_pts + 1, np.int64)
     for t in range(n_h):
         start[hit_pt[t] + 1] += 1
@@ -931,14 +949,15 @@ def warm_up() -> Callable[..., int]:
     """Compiles (or loads from numba's cache) every kernel, so that the first real lookup
     does not pay for it. Returns lookup_point's compiled entry, which skips numba's dispatch
     (the type check of every argument); its callers must pass exactly these types (float,
-    float, int, int, a C-contiguous int64 array from plan_addresses), as it converts but does
-    not check them."""
+    float, int, int: the address of an array from plan_array), as it converts but does not
+    check them."""
     tab = np.zeros(TAB_HEADER, np.int64)
     ov = new_overlay(0)
     circ = np.zeros(CIRCLE_COLS, np.float64)
     pv = np.zeros(PV_HEADER, np.float64)
     out = np.zeros(4, np.int64)
-    args = (47.0, 8.0, 0, 9, plan_addresses(tab, ov, circ, pv, out))
+    plan = plan_array(9, tab, ov, circ, pv, out)
+    args = (47.0, 8.0, 0, plan.ctypes.data)
     lookup_point(*args)
     e = np.empty(0, np.int64)
     lookup_points(np.zeros(1), np.zeros(1), e, 9, tab, ov, circ, pv)
