@@ -900,6 +900,8 @@ class ZoneIndex:
         n = self._lookup_point(lat, lon, 0, plan[7])
         if not n:
             return []
+        if n == 1:  # the usual answer inside a zone: no slice, no map
+            return [self._slot_zone[self._out_mv[0]]]
         if n < 0 or n > len(plan[5]):
             n = self._lookup_again(lat, lon, n)
         # no comprehension: before Python 3.12 it costs a function call
