@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import TenantFactory
+from tests.conftest import TenantFactory, TenantKeys
 
 pytest.importorskip("hdrh")
 
@@ -22,15 +22,23 @@ from loadtest.city import City
 from loadtest.lean import drive_lean, plan
 
 
-async def test_simulator_drives_pings_and_gets_events(
-    client: TestClient[web.Request, web.Application], make_tenant: TenantFactory
-) -> None:
-    tenant = await make_tenant("bench")
+async def city_service(
+    client: TestClient[web.Request, web.Application], tenant: TenantKeys
+) -> tuple[str, City]:
+    """The app's base URL and a 200-zone city imported for the tenant."""
     base_url = str(client.server.make_url("")).rstrip("/")
     city = City.workload_a(200, seed=1, dwell_s=60)
     async with aiohttp.ClientSession() as session:
         calls = await import_zones(session, base_url, tenant.secret_key, city)
     assert [c.status for c in calls] == [200]
+    return base_url, city
+
+
+async def test_simulator_drives_pings_and_gets_events(
+    client: TestClient[web.Request, web.Application], make_tenant: TenantFactory
+) -> None:
+    tenant = await make_tenant("bench")
+    base_url, city = await city_service(client, tenant)
 
     config = LoadConfig(devices=20, interval_s=1.0, duration_s=3.0, warmup_s=0.0, connections=8)
     result = await drive(base_url, tenant.sdk_key, city, config)
@@ -49,10 +57,7 @@ async def test_lean_driver_sends_the_simulated_city_and_reads_every_answer(
     codec: str,
 ) -> None:
     tenant = await make_tenant("lean")
-    base_url = str(client.server.make_url("")).rstrip("/")
-    city = City.workload_a(200, seed=1, dwell_s=60)
-    async with aiohttp.ClientSession() as session:
-        await import_zones(session, base_url, tenant.secret_key, city)
+    base_url, city = await city_service(client, tenant)
     config = LoadConfig(
         devices=20, interval_s=1.0, batch=batch, codec=codec, duration_s=3.0, warmup_s=0.5,
         connections=4,
@@ -85,10 +90,7 @@ async def test_paced_wrk_sends_the_plan_on_time_and_counts_what_the_service_logg
     if not wrk.available():
         pytest.skip("wrk is not installed (Debian: apt-get install wrk)")
     tenant = await make_tenant("paced")
-    base_url = str(client.server.make_url("")).rstrip("/")
-    city = City.workload_a(200, seed=1, dwell_s=60)
-    async with aiohttp.ClientSession() as session:
-        await import_zones(session, base_url, tenant.secret_key, city)
+    base_url, city = await city_service(client, tenant)
     config = LoadConfig(
         devices=30, interval_s=1.0, batch=batch, codec=codec, duration_s=3.0, warmup_s=0.0,
         connections=8,
@@ -132,10 +134,8 @@ async def test_bench_offers_knee_and_plot(
     the knee and the plot come out of the curve."""
     pytest.importorskip("matplotlib")
     tenant = await make_tenant("benchoffers")
-    base_url = str(client.server.make_url("")).rstrip("/")
-    city = City.workload_a(200, seed=1, dwell_s=60)
+    base_url, city = await city_service(client, tenant)
     async with aiohttp.ClientSession() as session:
-        await import_zones(session, base_url, tenant.secret_key, city)
         loaded = await load_offers(session, base_url, tenant.secret_key, customers=50, seed=1)
         await set_audience_offer(session, base_url, tenant.secret_key, on=True)
     assert loaded["profiles"] == 50
