@@ -246,11 +246,34 @@ class TenantZones:
         self.zones.pop(zone_id, None)
         self.shapes.pop(zone_id, None)
 
+    def near(
+        self, outer_ids: list[str], inside_ids: list[str], lat: float, lon: float
+    ) -> list[str]:
+        """Of the zones whose outer shape holds the point, those within the exit margin that do
+        not contain it. A circle's outer shape is the circle grown by the margin (radius plus
+        margin stays under outer_shape's cap: API limits), which the index tests exactly, so
+        only polygons (buffered generously) need the distance computed."""
+        shapes = self.shapes
+        return [
+            zone_id
+            for zone_id in outer_ids
+            if zone_id not in inside_ids
+            and (
+                type(shape := shapes[zone_id]) is Circle
+                or distance_outside_m(shape, lat, lon) <= self.exit_margin_m
+            )
+        ]
+
     def with_margin(self, exit_margin_m: float) -> TenantZones:
         rebuilt = TenantZones(exit_margin_m=exit_margin_m)
         rebuilt.put_many([(self.zones[i], s) for i, s in self.shapes.items()])
         rebuilt.zones.update(self.zones)
         return rebuilt
+
+
+# From this many positions on, a batch probes each index once for all (numpy set-up costs about
+# as much as four single probes).
+LOCATE_MANY_FROM = 4
 
 
 class ZoneDirectory:
@@ -291,13 +314,36 @@ class ZoneDirectory:
         if tenant.exit_margin_m != exit_margin_m:
             tenant = self.tenants[tenant_id] = tenant.with_margin(exit_margin_m)
         inside_ids = tenant.index.lookup(lat, lon)
-        near = [
-            zone_id
-            for zone_id in tenant.outer.lookup(lat, lon)
-            if zone_id not in inside_ids
-            and distance_outside_m(tenant.shapes[zone_id], lat, lon) <= exit_margin_m
-        ]
+        near = tenant.near(tenant.outer.lookup(lat, lon), inside_ids, lat, lon)
         return [tenant.zones[zone_id] for zone_id in inside_ids], near
+
+    def locate_many(
+        self, tenant_id: str, points: list[tuple[float, float]], exit_margin_m: float
+    ) -> list[tuple[list[Zone], list[str]]]:
+        """locate() for the positions of one ping batch, each index probed once for all of them
+        (half the time of one probe per position at 20 positions, measured)."""
+        if len(points) < LOCATE_MANY_FROM:
+            return [self.locate(tenant_id, lat, lon, exit_margin_m) for lat, lon in points]
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return [([], []) for _ in points]
+        if tenant.exit_margin_m != exit_margin_m:
+            tenant = self.tenants[tenant_id] = tenant.with_margin(exit_margin_m)
+        lats = [lat for lat, _ in points]
+        lons = [lon for _, lon in points]
+        zones = tenant.zones
+        return [
+            (
+                [zones[zone_id] for zone_id in inside_ids],
+                tenant.near(outer_ids, inside_ids, lat, lon),
+            )
+            for (lat, lon), inside_ids, outer_ids in zip(
+                points,
+                tenant.index.lookup_many(lats, lons),
+                tenant.outer.lookup_many(lats, lons),
+                strict=True,
+            )
+        ]
 
     def version(self, tenant_id: str, zone_id: str) -> str | None:
         tenant = self.tenants.get(tenant_id)

@@ -1,0 +1,97 @@
+"""The zone directory's answer for a ping, against a brute-force check: the zones containing the
+point, and the zones within the tenant's exit margin of it that do not contain it (a device
+inside one of those has not left yet)."""
+
+from __future__ import annotations
+
+import math
+
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoservice.index import Circle
+from geoservice.zones import TenantZones, Zone, ZoneDirectory, _haversine_m, distance_outside_m
+
+CENTRE = (47.37, 8.54)
+M_PER_DEG_LAT = 111_195.0
+
+
+def _offset(lat: float, lon: float, metres: float, bearing_deg: float) -> tuple[float, float]:
+    """The point `metres` from (lat, lon) along a bearing (small distances: local frame)."""
+    b = math.radians(bearing_deg)
+    dlat = metres * math.cos(b) / M_PER_DEG_LAT
+    dlon = metres * math.sin(b) / (M_PER_DEG_LAT * math.cos(math.radians(lat)))
+    return lat + dlat, lon + dlon
+
+
+circles = st.lists(
+    st.tuples(
+        st.floats(-1500, 1500),  # metres north of the centre
+        st.floats(-1500, 1500),  # metres east
+        st.floats(10, 800),  # radius
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    circles=circles,
+    margin=st.sampled_from([0.0, 5.0, 30.0, 250.0]),
+    probes=st.lists(
+        # half a metre or more off the flipping edge: floating point cannot blur that
+        st.tuples(st.integers(0, 11), st.floats(0, 360), st.floats(0.5, 3), st.booleans()),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_inside_and_near_match_brute_force(
+    circles: list[tuple[float, float, float]],
+    margin: float,
+    probes: list[tuple[int, float, float, bool]],
+) -> None:
+    directory = ZoneDirectory()
+    directory.tenants["t"] = TenantZones(exit_margin_m=margin)
+    shapes: dict[str, Circle | shapely.Polygon] = {}
+    for n, (north, east, radius) in enumerate(circles):
+        lat, lon = _offset(*CENTRE, math.hypot(north, east), math.degrees(math.atan2(east, north)))
+        shapes[f"c{n}"] = Circle(lat, lon, radius)
+    # one polygon too: its near test is the exact distance, not the grown index
+    shapes["p"] = shapely.Polygon(
+        [(8.535, 47.365), (8.545, 47.365), (8.545, 47.372), (8.535, 47.372), (8.535, 47.365)]
+    )
+    directory.apply_many("t", [(Zone(zone_id, zone_id, {}), s) for zone_id, s in shapes.items()])
+
+    points: list[tuple[float, float]] = []
+    answers: list[tuple[set[str], set[str]]] = []
+    for which, bearing, off, outward in probes:
+        delta = off if outward else -off
+        # Points a few metres either side of a circle's edge grown by the margin, where the
+        # "near" answer flips.
+        circle = shapes[f"c{which % len(circles)}"]
+        assert isinstance(circle, Circle)
+        lat, lon = _offset(circle.lat, circle.lon, circle.radius_m + margin + delta, bearing)
+        inside, near = directory.locate("t", lat, lon, margin)
+        expected_inside = set()
+        expected_near = set()
+        for zone_id, shape in shapes.items():
+            if isinstance(shape, Circle):
+                distance = _haversine_m(lat, lon, shape.lat, shape.lon) - shape.radius_m
+                contains = distance <= 0
+            else:
+                contains = bool(shapely.contains_xy(shape, lon, lat))
+                distance = distance_outside_m(shape, lat, lon)
+            if contains:
+                expected_inside.add(zone_id)
+            elif distance <= margin:
+                expected_near.add(zone_id)
+        assert {z.zone_id for z in inside} == expected_inside
+        assert set(near) == expected_near
+        points.append((lat, lon))
+        answers.append((expected_inside, expected_near))
+
+    # a ping batch: every position at once (the batched probes from LOCATE_MANY_FROM on)
+    batched = directory.locate_many("t", points, margin)
+    assert [({z.zone_id for z in inside}, set(near)) for inside, near in batched] == answers
