@@ -93,10 +93,10 @@ class Pings:
         fence_pings: list[FencePing] = []
         dwell_s: dict[str, int] = {}
         zones: dict[str, Zone] = {}
-        located = self.directory.locate_many(
-            tenant.tenant_id, [(fix.lat, fix.lon) for _, _, fix in usable], limits.exit_margin_m
-        )
-        for (ts_ms, index, _), (inside, near) in zip(usable, located, strict=True):
+        for ts_ms, index, fix in usable:
+            inside, near = self.directory.locate(
+                tenant.tenant_id, fix.lat, fix.lon, limits.exit_margin_m
+            )
             for zone in inside:
                 dwell_s[zone.zone_id] = zone.dwell_s
                 zones[zone.zone_id] = zone

@@ -64,8 +64,6 @@ def test_inside_and_near_match_brute_force(
     )
     directory.apply_many("t", [(Zone(zone_id, zone_id, {}), s) for zone_id, s in shapes.items()])
 
-    points: list[tuple[float, float]] = []
-    answers: list[tuple[set[str], set[str]]] = []
     for which, bearing, off, outward in probes:
         delta = off if outward else -off
         # Points a few metres either side of a circle's edge grown by the margin, where the
@@ -89,9 +87,3 @@ def test_inside_and_near_match_brute_force(
                 expected_near.add(zone_id)
         assert {z.zone_id for z in inside} == expected_inside
         assert set(near) == expected_near
-        points.append((lat, lon))
-        answers.append((expected_inside, expected_near))
-
-    # a ping batch: every position at once (the batched probes from LOCATE_MANY_FROM on)
-    batched = directory.locate_many("t", points, margin)
-    assert [({z.zone_id for z in inside}, set(near)) for inside, near in batched] == answers
