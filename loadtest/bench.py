@@ -883,7 +883,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--wrk-connections",
         type=rates_int,
-        default=[4, 8, 16, 32],
+        default=[4, 8, 12, 16, 32],
         help="wrk runs after the ramp, one per connection count ('': none)",
     )
     ap.add_argument("--wrk-duration-s", type=float, default=8.0)
