@@ -628,7 +628,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             period = max(args.warmup_step_s, fleet_size / args.warmup_rate)
             cfg = LoadConfig(
                 **{
-                    **_fields(config(args.rates[0], 1, args.codec)),
+                    **_fields(config((args.rates or [1.0])[0], 1, args.codec)),
                     "devices": fleet_size,
                     "interval_s": period,
                     "warmup_s": 0.0,
