@@ -87,3 +87,23 @@ def test_inside_and_near_match_brute_force(
                 expected_near.add(zone_id)
         assert {z.zone_id for z in inside} == expected_inside
         assert set(near) == expected_near
+
+
+def test_a_new_exit_margin_changes_near_and_not_inside() -> None:
+    """The tenant's exit margin changed (PATCH /v1/tenant): the next ping sees the new one."""
+    directory = ZoneDirectory()
+    circle = Circle(*CENTRE, 100.0)
+    directory.apply_many("t", [(Zone("c", "c", {}), circle)])
+    inside_point = _offset(*CENTRE, 50.0, 90.0)
+    point_150 = _offset(*CENTRE, 250.0, 90.0)  # 150 m beyond the edge
+    assert directory.locate("t", *point_150, 30.0) == ([], [])
+    assert directory.locate("t", *point_150, 200.0) == ([], ["c"])
+    inside, near = directory.locate("t", *inside_point, 200.0)
+    assert [z.zone_id for z in inside] == ["c"]
+    assert near == []
+    assert directory.locate("t", *point_150, 100.0) == ([], [])
+    # zones added after the change are in both indexes
+    directory.apply_many("t", [(Zone("d", "d", {}), Circle(*_offset(*CENTRE, 400.0, 90.0), 100.0))])
+    assert directory.locate("t", *point_150, 100.0) == ([], ["d"])
+    inside, _ = directory.locate("t", *_offset(*CENTRE, 400.0, 90.0), 100.0)
+    assert [z.zone_id for z in inside] == ["d"]
