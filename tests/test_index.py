@@ -15,7 +15,6 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 from geoservice.index import (
     MAX_CELLS_PER_ZONE,
-    R_EARTH_M,
     Circle,
     ZoneIndex,
     ZoneShape,
@@ -24,41 +23,12 @@ from geoservice.index import (
     estimate_cell_count,
     latlng_to_cells,
 )
+from tests.geo_reference import brute, destination
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-# --- brute force -----------------------------------------------------------------------------
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * R_EARTH_M * math.asin(math.sqrt(min(1.0, a)))
-
-
-def brute(zones: dict[str, ZoneShape], lat: float, lon: float) -> set[str]:
-    out = set()
-    for zid, s in zones.items():
-        if isinstance(s, Circle):
-            if haversine_m(lat, lon, s.lat, s.lon) <= s.radius_m:
-                out.add(zid)
-        elif s.contains(shapely.Point(lon, lat)):
-            out.add(zid)
-    return out
-
-
-def destination(lat: float, lon: float, dist_m: float, bearing: float) -> tuple[float, float]:
-    """Great-circle destination point (exact on the sphere)."""
-    d = dist_m / R_EARTH_M
-    p1, l1 = math.radians(lat), math.radians(lon)
-    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(bearing))
-    l2 = l1 + math.atan2(
-        math.sin(bearing) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2)
-    )
-    lon2 = (math.degrees(l2) + 540.0) % 360.0 - 180.0
-    return math.degrees(p2), lon2
+# --- brute force (tests/geo_reference.py) ---------------------------------------------------
 
 
 def check(idx: ZoneIndex, zones: dict[str, ZoneShape], pts: list[tuple[float, float]]) -> int:

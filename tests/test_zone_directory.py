@@ -10,19 +10,15 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoservice.index import Circle
-from geoservice.zones import TenantZones, Zone, ZoneDirectory, _haversine_m, distance_outside_m
+from geoservice.index import Circle, ZoneShape
+from geoservice.zones import TenantZones, Zone, ZoneDirectory, distance_outside_m
+from tests.geo_reference import brute, destination, haversine_m
 
 CENTRE = (47.37, 8.54)
-M_PER_DEG_LAT = 111_195.0
 
 
 def _offset(lat: float, lon: float, metres: float, bearing_deg: float) -> tuple[float, float]:
-    """The point `metres` from (lat, lon) along a bearing (small distances: local frame)."""
-    b = math.radians(bearing_deg)
-    dlat = metres * math.cos(b) / M_PER_DEG_LAT
-    dlon = metres * math.sin(b) / (M_PER_DEG_LAT * math.cos(math.radians(lat)))
-    return lat + dlat, lon + dlon
+    return destination(lat, lon, metres, math.radians(bearing_deg))
 
 
 circles = st.lists(
@@ -54,7 +50,7 @@ def test_inside_and_near_match_brute_force(
 ) -> None:
     directory = ZoneDirectory()
     directory.tenants["t"] = TenantZones(exit_margin_m=margin)
-    shapes: dict[str, Circle | shapely.Polygon] = {}
+    shapes: dict[str, ZoneShape] = {}
     for n, (north, east, radius) in enumerate(circles):
         lat, lon = _offset(*CENTRE, math.hypot(north, east), math.degrees(math.atan2(east, north)))
         shapes[f"c{n}"] = Circle(lat, lon, radius)
@@ -72,19 +68,18 @@ def test_inside_and_near_match_brute_force(
         assert isinstance(circle, Circle)
         lat, lon = _offset(circle.lat, circle.lon, circle.radius_m + margin + delta, bearing)
         inside, near = directory.locate("t", lat, lon, margin)
-        expected_inside = set()
-        expected_near = set()
-        for zone_id, shape in shapes.items():
-            if isinstance(shape, Circle):
-                distance = _haversine_m(lat, lon, shape.lat, shape.lon) - shape.radius_m
-                contains = distance <= 0
-            else:
-                contains = bool(shapely.contains_xy(shape, lon, lat))
-                distance = distance_outside_m(shape, lat, lon)
-            if contains:
-                expected_inside.add(zone_id)
-            elif distance <= margin:
-                expected_near.add(zone_id)
+        expected_inside = brute(shapes, lat, lon)
+        expected_near = {
+            zone_id
+            for zone_id, shape in shapes.items()
+            if zone_id not in expected_inside
+            and (
+                haversine_m(lat, lon, shape.lat, shape.lon) - shape.radius_m
+                if isinstance(shape, Circle)
+                else distance_outside_m(shape, lat, lon)
+            )
+            <= margin
+        }
         assert {z.zone_id for z in inside} == expected_inside
         assert set(near) == expected_near
 
