@@ -12,6 +12,7 @@ steps can only leave a budget one short, never over).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,17 @@ MAX_PER_CUSTOMER_WINDOW_MS = 30 * 86_400_000
 # 410 and the export still shows it.
 ISSUED_GRACE_S = 7 * 86_400
 CAPS_TTL_S = 31 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRecord:
+    """Who an offer is being issued to: what the caps are counted on and the record keeps."""
+
+    tenant: Tenant
+    device: str
+    holder: str  # the caps' hash tag: the customer when known, else the device
+    customer_id: str | None
+    segments: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,15 @@ class OfferDesk:
         self.customers = customers
         self.settings = settings
 
+    def could_offer(self, tenant_id: str, zones: Iterable[Zone], now_ms: int) -> bool:
+        """Whether a position inside these zones could earn an offer now: an enter or dwell
+        offer of one of them runs. (Exits happen in zones the position is not in.)"""
+        return any(
+            self.catalog.candidates(tenant_id, zone.zone_id, trigger, now_ms)
+            for zone in zones
+            for trigger in ("enter", "dwell")
+        )
+
     async def decide(
         self,
         tenant: Tenant,
@@ -82,7 +103,10 @@ class OfferDesk:
         events: list[ZoneEvent],
         zones: dict[str, Zone],
         now_ms: int,
+        context_read: Awaitable[CustomerContext] | None = None,
     ) -> list[IssuedOffer]:
+        """The offers these events earn, issued. `context_read`: the customer's context,
+        already on its way (read beside the fence script, see pings.py), else read here."""
         limits = tenant.settings
         freshness_ms = limits.offer_min_freshness_s * 1000
         eligible: list[tuple[Zone, list[Offer]]] = []
@@ -96,11 +120,14 @@ class OfferDesk:
         if not eligible:
             return []  # the common case costs no further round trip
 
-        context = (
-            await self.customers.context(tenant.tenant_id, customer_id, limits.interest_lookback_s)
-            if customer_id is not None
-            else CustomerContext()
-        )
+        if customer_id is None:
+            context = CustomerContext()
+        elif context_read is not None:
+            context = await context_read
+        else:
+            context = await self.customers.context(
+                tenant.tenant_id, customer_id, limits.interest_lookback_s
+            )
         customer_marketing = context.consent is not None and context.consent.marketing is True
         if not (device_marketing or customer_marketing):
             return []
@@ -108,6 +135,9 @@ class OfferDesk:
             keys.customer_tag(tenant.tenant_id, customer_id)
             if customer_id is not None
             else keys.device_tag(device)
+        )
+        record = IssueRecord(
+            tenant, device, holder, customer_id, context.profile.segments if context.profile else ()
         )
 
         async def for_zone(zone: Zone, candidates: list[Offer]) -> IssuedOffer | None:
@@ -123,7 +153,7 @@ class OfferDesk:
                 limits.interest_half_life_s,
             )
             for offer in ranked:
-                outcome = await self._try_issue(tenant, device, holder, offer, zone, now_ms)
+                outcome = await self._try_issue(record, offer, zone, now_ms)
                 if isinstance(outcome, IssuedOffer):
                     return outcome
                 if outcome in ("day", "cooldown"):
@@ -137,13 +167,32 @@ class OfferDesk:
         outcomes = await asyncio.gather(*(for_zone(z, c) for z, c in eligible))
         issued = [o for o in outcomes if o is not None]
         if issued:
-            segments = context.profile.segments if context.profile else ()
-            await self._record(tenant, device, customer_id, segments, issued)
+            # The offer events feed the stream and the counters: written after the answer.
+            await self.store.write_behind(
+                *(
+                    stats.record_offer(
+                        self.store,
+                        tenant.tenant_id,
+                        device,
+                        OfferEvent(
+                            "offer_issued",
+                            offer.offer.offer_id,
+                            offer.id,
+                            offer.zone.zone_id,
+                            offer.zone.store_id,
+                            offer.issued_at_ms,
+                            record.segments,
+                        ),
+                    )
+                    for offer in issued
+                )
+            )
         return issued
 
     async def _try_issue(
-        self, tenant: Tenant, device: str, holder: str, offer: Offer, zone: Zone, now_ms: int
+        self, record: IssueRecord, offer: Offer, zone: Zone, now_ms: int
     ) -> IssuedOffer | str:
+        tenant, device, holder = record.tenant, record.device, record.holder
         budget_key = keys.offer_budget(tenant.tenant_id, offer.offer_id)
         if offer.budget is not None:
             reserved = await self.store.run_script("reserve_budget", [budget_key], [offer.budget])
@@ -152,7 +201,7 @@ class OfferDesk:
         issued_id = str(ULID())
         expires_at_ms = now_ms + offer.valid_for_s * 1000
         limits = tenant.settings
-        verdict = await self.store.run_script(
+        issue = self.store.run_script(
             "issue_offer",
             [keys.caps(holder, device), keys.offer_counts(holder), keys.issued_ids(holder)],
             [
@@ -169,8 +218,14 @@ class OfferDesk:
                 CAPS_TTL_S,
             ],
         )
+        # The issued record (what a redemption reads) goes with the script, not after its
+        # verdict: one round trip. It lies under its own fresh id, which nobody can redeem
+        # before this answer hands out the token, so a refused offer's record is only removed.
+        written = self._write_record(record, offer, zone, issued_id, now_ms, expires_at_ms)
+        verdict, _ = await asyncio.gather(issue, written)
         verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
         if verdict != "ok":
+            await self.store.write_behind(self._remove_record(issued_id))
             if offer.budget is not None:
                 await self.store.redis.decr(budget_key)
             return verdict
@@ -186,53 +241,35 @@ class OfferDesk:
         )
         return IssuedOffer(issued_id, offer, zone, now_ms, expires_at_ms, token)
 
-    async def _record(
+    async def _write_record(
         self,
-        tenant: Tenant,
-        device: str,
-        customer_id: str | None,
-        segments: tuple[str, ...],
-        issued: list[IssuedOffer],
+        record: IssueRecord,
+        offer: Offer,
+        zone: Zone,
+        issued_id: str,
+        now_ms: int,
+        expires_at_ms: int,
     ) -> None:
-        async def record(offer: IssuedOffer) -> None:
-            key = keys.issued_offer(offer.id)
-            ttl_s = (offer.expires_at_ms - offer.issued_at_ms) // 1000 + ISSUED_GRACE_S
-            record = {
-                "tenant": tenant.tenant_id,
-                "offer_id": offer.offer.offer_id,
-                "title": offer.offer.title,
-                "zone_id": offer.zone.zone_id,
-                "store_id": offer.zone.store_id or "",
-                "customer_id": customer_id or "",
-                "device": device,
-                "issued_at": offer.issued_at_ms,
-                "expires_at": offer.expires_at_ms,
-                "segments": ",".join(segments),
-            }
-            async with self.store.batch(transaction=True) as pipe:
-                pipe.hset(key, mapping=record)
-                pipe.expire(key, ttl_s)
-                await pipe.execute()
+        key = keys.issued_offer(issued_id)
+        ttl_s = (expires_at_ms - now_ms) // 1000 + ISSUED_GRACE_S
+        fields = {
+            "tenant": record.tenant.tenant_id,
+            "offer_id": offer.offer_id,
+            "title": offer.title,
+            "zone_id": zone.zone_id,
+            "store_id": zone.store_id or "",
+            "customer_id": record.customer_id or "",
+            "device": record.device,
+            "issued_at": now_ms,
+            "expires_at": expires_at_ms,
+            "segments": ",".join(record.segments),
+        }
+        async with self.store.batch(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
 
-        # The issued records (what a redemption reads) and the offer events are independent:
-        # over the automatic pipeline they all leave in one write, one round trip.
-        await asyncio.gather(
-            *(record(offer) for offer in issued),
-            *(
-                stats.record_offer(
-                    self.store,
-                    tenant.tenant_id,
-                    device,
-                    OfferEvent(
-                        "offer_issued",
-                        offer.offer.offer_id,
-                        offer.id,
-                        offer.zone.zone_id,
-                        offer.zone.store_id,
-                        offer.issued_at_ms,
-                        segments,
-                    ),
-                )
-                for offer in issued
-            ),
-        )
+    async def _remove_record(self, issued_id: str) -> None:
+        async with self.store.batch(transaction=False) as pipe:
+            pipe.delete(keys.issued_offer(issued_id))
+            await pipe.execute()

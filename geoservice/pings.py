@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import cast
 
 from geoservice import fences, stats
-from geoservice.customers import Customers
+from geoservice.customers import CustomerContext, Customers
 from geoservice.decisions import IssuedOffer, OfferDesk
 from geoservice.errors import Forbidden, RateLimited
 from geoservice.fences import ConsentUpdate, FenceOutcome, FencePing
@@ -119,6 +118,23 @@ class Pings:
                 customer_id=batch.customer_id,
             )
 
+        # A customer's context (interests, consent, profile) is read beside the fence script
+        # when this batch could earn an offer: the decision then waits for no read of its own.
+        # Not when the request carries consent: the decision must see it recorded first.
+        context_read: asyncio.Task[CustomerContext] | None = None
+        if (
+            batch.customer_id is not None
+            and batch.consent is None
+            and self.desk.could_offer(tenant.tenant_id, zones.values(), received_ms)
+        ):
+            context_read = asyncio.ensure_future(
+                self.customers.context(
+                    tenant.tenant_id, batch.customer_id, limits.interest_lookback_s
+                )
+            )
+            # Left unread when no offer comes of it: its failure, if any, is not news.
+            context_read.add_done_callback(_retrieve)
+
         outcome = await advance(batch.consent)
         if outcome.status == "consent" and batch.consent is None and batch.customer_id:
             # First contact of a device whose customer consented through the back office:
@@ -164,14 +180,12 @@ class Pings:
             if self.directory.is_live(tenant.tenant_id, f.from_zone)
             and self.directory.is_live(tenant.tenant_id, f.to_zone)
         ]
-        # Independent writes and the decision's reads at once: over the automatic pipeline
-        # they leave in one write, so the request waits for one round trip, not four.
-        writes = [
-            stats.record(self.store, tenant.tenant_id, device, events),
-            stats.record_flows(self.store, tenant.tenant_id, device, flows),
-        ]
-        if batch.customer_id is not None and outcome.new_customer_link:
-            writes.append(self.customers.link_device(tenant.tenant_id, batch.customer_id, device))
+        # The event stream, hourly counters and flows are derived from the device's move,
+        # which the fence script made: written after the answer (Store.write_behind).
+        derived = [stats.record(self.store, tenant.tenant_id, device, events)] if events else []
+        if flows:
+            derived.append(stats.record_flows(self.store, tenant.tenant_id, device, flows))
+        await self.store.write_behind(*derived)
         decision = self.desk.decide(
             tenant,
             device,
@@ -180,6 +194,16 @@ class Pings:
             events,
             zones,
             received_ms,
+            context_read,
         )
-        offers, *_ = await asyncio.gather(decision, *writes)
-        return PingOutcome(events, cast(list[IssuedOffer], offers), ignored)
+        if batch.customer_id is None or not outcome.new_customer_link:
+            return PingOutcome(events, await decision, ignored)
+        # The link is what erasure follows from the customer to the device: waited for.
+        link = self.customers.link_device(tenant.tenant_id, batch.customer_id, device)
+        offers, _ = await asyncio.gather(decision, link)
+        return PingOutcome(events, offers, ignored)
+
+
+def _retrieve(task: asyncio.Task[CustomerContext]) -> None:
+    if not task.cancelled():
+        task.exception()

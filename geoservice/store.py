@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -70,6 +71,9 @@ REPEAT_PAUSE_S = 0.05
 # The cluster client's per-node pool does not wait for a free connection, it fails at once:
 # room for every request in flight (one command each at a time) and the background tasks.
 SPARE_CONNECTIONS = 32
+# Writes after the answer (Store.write_behind) that may be pending at once; past this, a request
+# waits for its own, so a slow Redis slows the requests instead of growing this process.
+MAX_PENDING_WRITES = 1_000
 
 
 class ServiceCluster(RedisCluster):
@@ -159,6 +163,7 @@ class Store:
     redis: RedisClient
     scripts: dict[str, AsyncScript] = field(default_factory=dict)
     pipeline: AutoPipeline | None = None
+    pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def open(cls, settings: Settings, url: str | None = None) -> Store:
@@ -197,10 +202,36 @@ class Store:
             return self.redis.pipeline(transaction=transaction)
         return QueuedCommands(self.pipeline, RESP2_CALLBACKS, transaction)
 
+    async def write_behind(self, *writes: Coroutine[Any, Any, None]) -> None:
+        """Start these writes and return without waiting for their replies.
+
+        For records derived from a change already made, never for the change itself: the event
+        stream and hourly counters after the fence script moved the device (the source of
+        truth), the offer events after the issue script counted the offer. Waiting for them
+        cost an offer request one round trip and an event request its second, and told the
+        client nothing it could act on: a failure there left the device moved and the answer
+        a 503 that a retry could not repair. They leave in the same write as the next commands
+        of this event-loop turn; a failure is logged; `close` waits for those still pending.
+        """
+        if len(self.pending_writes) >= MAX_PENDING_WRITES:
+            await asyncio.gather(*writes)
+            return
+        for write in writes:
+            task = asyncio.ensure_future(write)
+            self.pending_writes.add(task)
+            task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self.pending_writes.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("a write after the answer failed, stats or events miss it: %r", error)
+
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
+        while self.pending_writes:
+            await asyncio.gather(*self.pending_writes, return_exceptions=True)
         if self.pipeline is not None:
             await self.pipeline.close()
         await self.redis.aclose()

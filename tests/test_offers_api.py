@@ -11,6 +11,8 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
+from geoservice import autopipeline
+from geoservice.http.state import STORE
 from geoservice.settings import SigningKey
 from geoservice.tokens import TokenClaims, sign
 from tests.conftest import AppClientFactory, TenantFactory, TenantKeys
@@ -512,3 +514,58 @@ async def test_stats_per_zone_and_hour(api, shop):
     assert bad.status == 422
     bad = await api.get("/v1/stats", params={"from": "0", "to": str(40 * DAY)}, headers=shop.secret)
     assert bad.status == 422
+
+
+def _command_name(packed: bytes, scripts: dict[bytes, str]) -> str:
+    """A command as hiredis packed it: its name, or for EVALSHA the script's."""
+    parts = packed.split(b"\r\n")
+    name = parts[2].decode().upper()
+    return scripts.get(parts[4], name) if name == "EVALSHA" else name
+
+
+DERIVED_WRITES = {"XADD", "XTRIM", "HINCRBY", "EXPIRE", "PFADD"}
+
+
+async def test_an_offer_request_waits_for_two_round_trips(api, shop, monkeypatch):
+    """The customer's context leaves in the fence script's write, the issued record in the
+    issue script's; the event stream and counters follow the answer (Store.write_behind)."""
+    await put_offer(api, shop, "slicer-10", product_ids=["p-881"])
+    await put_offer(api, shop, "welcome", fallback=True)
+    t = now_ms()
+    await interests(
+        api, shop, {"customer_id": "c-1001", "kind": "view", "product_id": "p-881", "ts": t - HOUR}
+    )
+    await ping(api, shop, *FAR)  # consent on record, far from every zone
+    store = api.app[STORE]
+    scripts = {script.sha.encode(): name for name, script in store.scripts.items()}
+    writes: list[list[str]] = []
+    flush = autopipeline._Connection._flush
+
+    def spy(connection: autopipeline._Connection) -> None:
+        writes.append([_command_name(packed, scripts) for packed in connection.outgoing])
+        flush(connection)
+
+    monkeypatch.setattr(autopipeline._Connection, "_flush", spy)
+    body = {
+        "device_id": "d-1",
+        "customer_id": "c-1001",
+        "pings": [{"lat": LAT, "lon": LON, "accuracy_m": 10, "ts": now_ms()}],
+    }
+    response = await api.post("/v1/pings", json=body, headers=shop.sdk)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert [o["offer_id"] for o in answer["offers"]] == ["slicer-10"]  # the interest counted
+    await asyncio.sleep(0.05)  # the writes after the answer
+
+    [fence_write] = [i for i, names in enumerate(writes) if "fence" in names]
+    [issue_write] = [i for i, names in enumerate(writes) if "issue_offer" in names]
+    assert "ZRANGEBYSCORE" in writes[fence_write]  # the interests, beside the fence script
+    assert "HGETALL" in writes[fence_write]  # consent and profile
+    assert "HSET" in writes[issue_write]  # the issued record, beside the issue script
+    between = {name for names in writes[fence_write + 1 : issue_write] for name in names}
+    assert between <= DERIVED_WRITES  # nothing the request waited for
+    after = [name for names in writes[issue_write + 1 :] for name in names]
+    assert "XADD" in after  # the offer_issued event, after the answer
+    events = await api.get("/v1/events", headers=shop.secret)
+    logged = [(e["type"], e["zone_id"]) for e in (await events.json())["events"]]
+    assert logged[:2] == [("offer_issued", "bahnhofstrasse"), ("enter", "bahnhofstrasse")]
