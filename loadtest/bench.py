@@ -943,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    # What the service runs is what the tree held when it started, not at the end of the run.
+    source = source_version()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         doc = runner.run(bench(args))
     doc = {
@@ -950,7 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "loadtest.bench", *(argv or sys.argv[1:])]),
         "knobs": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine(),
-        "source": source_version(),
+        "source": source,
         **doc,
     }
     summarise(doc)

@@ -1052,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    source = source_version()  # the tree the service starts from (see loadtest.bench)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         doc = runner.run(bench(args))
     doc = {
@@ -1059,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "loadtest.bench_pings", *(argv or sys.argv[1:])]),
         "knobs": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine(),
-        "source": source_version(),
+        "source": source,
         **doc,
     }
     if "resources" in doc:

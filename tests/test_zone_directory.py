@@ -4,12 +4,14 @@ inside one of those has not left yet)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geoservice import zones as zones_module
 from geoservice.index import Circle, ZoneShape
 from geoservice.zones import TenantZones, Zone, ZoneDirectory, distance_outside_m
 from tests.geo_reference import brute, destination, haversine_m
@@ -102,3 +104,48 @@ def test_a_new_exit_margin_changes_near_and_not_inside() -> None:
     assert directory.locate("t", *point_150, 100.0) == ([], ["d"])
     inside, _ = directory.locate("t", *_offset(*CENTRE, 400.0, 90.0), 100.0)
     assert [z.zone_id for z in inside] == ["d"]
+
+
+async def test_a_large_tenants_new_margin_is_built_beside_the_event_loop(monkeypatch) -> None:
+    """From BACKGROUND_REGROW_ZONES zones the grown index for a new margin is built in a thread:
+    pings meanwhile answer with the previous margin; zones changed during the build, or a
+    margin changed again, make it start over instead of swapping in a stale index."""
+    monkeypatch.setattr(zones_module, "BACKGROUND_REGROW_ZONES", 2)
+    directory = ZoneDirectory()
+    far = _offset(*CENTRE, 5000.0, 0.0)
+    directory.apply_many(
+        "t",
+        [(Zone("c", "c", {}), Circle(*CENTRE, 100.0)), (Zone("f", "f", {}), Circle(*far, 50.0))],
+    )
+    point_150 = _offset(*CENTRE, 250.0, 90.0)  # 150 m beyond c's edge
+    previous = directory.tenants["t"].exit_margin_m
+    assert previous < 150
+
+    async def built() -> None:
+        while directory.regrowing:
+            await next(iter(directory.regrowing.values()))[1]
+            await asyncio.sleep(0)  # the swap runs in the build's done callback
+
+    assert directory.locate("t", *point_150, 200.0) == ([], [])  # still the previous margin
+    assert directory.regrowing["t"][0] == 200.0
+    await built()
+    assert directory.tenants["t"].exit_margin_m == 200.0
+    assert directory.locate("t", *point_150, 200.0) == ([], ["c"])
+
+    # A zone added while the margin's index is being built: that build is not swapped in.
+    d_centre = _offset(*CENTRE, 400.0, 90.0)
+    assert directory.locate("t", *point_150, 100.0) == ([], ["c"])  # 200 m still
+    directory.apply_many("t", [(Zone("d", "d", {}), Circle(*d_centre, 100.0))])
+    await built()
+    assert directory.tenants["t"].exit_margin_m == 200.0  # refused: zones changed meanwhile
+    directory.locate("t", *point_150, 100.0)  # builds again, from the zones as they are now
+    await built()
+    assert directory.tenants["t"].exit_margin_m == 100.0
+    assert directory.locate("t", *point_150, 100.0) == ([], ["d"])
+
+    # Margins changed twice before a build finished: the last one wins.
+    directory.locate("t", *point_150, 300.0)
+    directory.locate("t", *point_150, 20.0)
+    await built()
+    assert directory.tenants["t"].exit_margin_m == 20.0
+    assert directory.locate("t", *point_150, 20.0) == ([], [])
