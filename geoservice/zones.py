@@ -341,15 +341,17 @@ class ZoneDirectory:
     def _regrow(self, tenant_id: str, tenant: TenantZones, exit_margin_m: float) -> TenantZones:
         """The tenant's zones to answer with now that its exit margin changed: rebuilt at once
         when small, else the current ones while a thread builds the grown index."""
-        if len(tenant.shapes) < BACKGROUND_REGROW_ZONES:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the service's event loop (scripts, tests)
+            loop = None
+        if loop is None or len(tenant.shapes) < BACKGROUND_REGROW_ZONES:
             fresh = self.tenants[tenant_id] = tenant.with_margin(exit_margin_m)
             return fresh
         running = self.regrowing.get(tenant_id)
         if running is None or running[0] != exit_margin_m:
             snapshot = list(tenant.shapes.items())
-            build = asyncio.get_running_loop().run_in_executor(
-                None, grown_index, snapshot, exit_margin_m
-            )
+            build = loop.run_in_executor(None, grown_index, snapshot, exit_margin_m)
             entry = (exit_margin_m, build)
             self.regrowing[tenant_id] = entry
             generation = tenant.generation

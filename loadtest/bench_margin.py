@@ -1,0 +1,131 @@
+"""`python -m loadtest.bench_margin`: what a tenant's exit-margin change costs the event loop.
+
+A directory of `--zones` circles (workload (a)'s radii, 50-500 m, in a 2 x 3 degree box), then
+a new exit margin while a ping is looked up every millisecond: once with the grown-shape index
+rebuilt on the event loop (below zones.BACKGROUND_REGROW_ZONES, how every tenant was served
+before), once built in a thread beside it. Rounds alternate the two; the figures are medians.
+Prints, per way: the event loop's longest pause, the p99 of its 1 ms ticks, the time until the
+new margin is in use, and the lookups answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from geoservice import zones as zones_module
+from geoservice.index import Circle
+from geoservice.zones import DEFAULT_EXIT_MARGIN_M, Zone, ZoneDirectory
+
+TENANT = "t"
+PROBE = (47.1, 8.1)
+
+
+@dataclass(frozen=True)
+class Round:
+    way: str  # on-loop | thread
+    longest_pause_ms: float
+    p99_tick_ms: float
+    in_use_after_s: float
+    lookups_meanwhile: int
+
+
+def directory_of(zone_count: int, seed: int) -> ZoneDirectory:
+    rng = random.Random(seed)
+    directory = ZoneDirectory()
+    directory.apply_many(
+        TENANT,
+        [
+            (
+                Zone(f"z{i}", f"z{i}", {}),
+                Circle(47 + rng.uniform(-1, 1), 8 + rng.uniform(-1.5, 1.5), rng.uniform(50, 500)),
+            )
+            for i in range(zone_count)
+        ],
+    )
+    directory.locate(TENANT, *PROBE, DEFAULT_EXIT_MARGIN_M)
+    return directory
+
+
+async def one_round(directory: ZoneDirectory, way: str, margin_m: float) -> Round:
+    zones_module.BACKGROUND_REGROW_ZONES = 10**12 if way == "on-loop" else 2_000
+    ticks: list[float] = []
+    lookups = 0
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            ticks.append(now - last)
+            last = now
+
+    async def ping() -> None:
+        nonlocal lookups
+        while not done.is_set():
+            directory.locate(TENANT, *PROBE, margin_m)
+            lookups += 1
+            if directory.tenants[TENANT].exit_margin_m == margin_m:
+                done.set()
+            await asyncio.sleep(0.001)
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.1)
+    started = time.perf_counter()
+    await ping()
+    in_use_after_s = time.perf_counter() - started
+    await ticker
+    ticks.sort()
+    return Round(
+        way,
+        ticks[-1] * 1000,
+        ticks[int(len(ticks) * 0.99)] * 1000,
+        in_use_after_s,
+        lookups,
+    )
+
+
+async def run(args: argparse.Namespace) -> list[Round]:
+    directory = directory_of(args.zones, args.seed)
+    rounds: list[Round] = []
+    margin = DEFAULT_EXIT_MARGIN_M
+    for _ in range(args.rounds):
+        for way in ("on-loop", "thread"):
+            margin = 45.0 if margin != 45.0 else 60.0  # a change every time
+            rounds.append(await one_round(directory, way, margin))
+    return rounds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_margin", description=__doc__)
+    parser.add_argument("--zones", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    runner = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    rounds = runner(run(args))
+    print(f"{args.zones} circles, {args.rounds} rounds per way (medians):")
+    for way in ("on-loop", "thread"):
+        mine = [r for r in rounds if r.way == way]
+        print(
+            f"  {way:8} longest pause {statistics.median(r.longest_pause_ms for r in mine):7.1f} ms"
+            f"  p99 tick {statistics.median(r.p99_tick_ms for r in mine):7.1f} ms"
+            f"  new margin in use after {statistics.median(r.in_use_after_s for r in mine):5.2f} s"
+            f"  lookups meanwhile {statistics.median(r.lookups_meanwhile for r in mine):7.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
