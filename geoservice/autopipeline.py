@@ -43,13 +43,29 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
     return ResponseError(message)
 
 
+class _Batch:
+    """The replies of commands sent together: one future for all of them, completed by the
+    last reply. (A future per command gathered with asyncio.gather costs each command a
+    callback and the caller one more turn of the event loop.)"""
+
+    __slots__ = ("future", "missing", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], size: int) -> None:
+        self.future = future
+        self.replies: list[Any] = [None] * size
+        self.missing = size
+
+
 class _Connection(asyncio.Protocol):
     """One socket: commands written in order, replies matched to their callers in order."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        # (future, time the command was queued): the oldest unanswered one tells a dead peer
-        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # (future or batch, place in the batch, time the command was queued): the oldest
+        # unanswered one tells a dead peer
+        self.waiting: collections.deque[tuple[asyncio.Future[Any] | _Batch, int, float]] = (
+            collections.deque()
+        )
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
@@ -66,13 +82,22 @@ class _Connection(asyncio.Protocol):
                 # A reply nobody asked for: the stream is out of step; never guess.
                 self.abort(ConnectionError("redis sent an unexpected reply"))
                 return
-            future, _ = self.waiting.popleft()
-            if future.done():  # its request was cancelled (deadline); the reply is dropped
+            target, place, _ = self.waiting.popleft()
+            if isinstance(target, _Batch):
+                # errors are returned in their place, as exception objects
+                target.replies[place] = (
+                    _error(reply) if isinstance(reply, hiredis.ReplyError) else reply
+                )
+                target.missing -= 1
+                if not target.missing and not target.future.done():
+                    target.future.set_result(target.replies)
+                continue
+            if target.done():  # its request was cancelled (deadline); the reply is dropped
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(_error(reply))
+                target.set_exception(_error(reply))
             else:
-                future.set_result(reply)
+                target.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = ConnectionError(f"connection to redis lost: {exc or 'closed by the server'}")
@@ -88,7 +113,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail_all(self, error: Exception) -> None:
         while self.waiting:
-            future, _ = self.waiting.popleft()
+            target, _, _ = self.waiting.popleft()
+            future = target.future if isinstance(target, _Batch) else target
             if not future.done():
                 future.set_exception(error)
         self.outgoing.clear()
@@ -97,11 +123,27 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.outgoing.append(packed)
-        self.waiting.append((future, time.monotonic()))
+        self.waiting.append((future, -1, time.monotonic()))
+        self._schedule_flush(loop)
+        return future
+
+    def send_many(self, packed: list[bytes]) -> asyncio.Future[list[Any]]:
+        """Commands back to back; one future for all their replies, in order."""
+        loop = asyncio.get_running_loop()
+        batch = _Batch(loop.create_future(), len(packed))
+        if not packed:
+            batch.future.set_result([])  # no reply will come to complete it
+            return batch.future
+        now = time.monotonic()
+        self.outgoing.extend(packed)
+        self.waiting.extend((batch, place, now) for place in range(len(packed)))
+        self._schedule_flush(loop)
+        return batch.future
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -112,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def oldest_wait_s(self) -> float:
-        return time.monotonic() - self.waiting[0][1] if self.waiting else 0.0
+        return time.monotonic() - self.waiting[0][2] if self.waiting else 0.0
 
 
 class AutoPipeline:
@@ -134,10 +176,10 @@ class AutoPipeline:
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands back to back on the wire (nothing of another caller between them,
-        so MULTI ... EXEC stays one transaction); every reply, errors as exception objects."""
+        so MULTI ... EXEC stays one transaction); every reply, error replies as exception
+        objects. A lost connection raises, as for `execute`."""
         connection = await self._ready()
-        futures = [connection.send(hiredis.pack_command(args)) for args in commands]
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return await connection.send_many([hiredis.pack_command(args) for args in commands])
 
     async def _ready(self) -> _Connection:
         connection = self._connection

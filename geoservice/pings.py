@@ -15,7 +15,7 @@ from geoservice.errors import Forbidden, RateLimited
 from geoservice.fences import ConsentUpdate, FenceOutcome, FencePing
 from geoservice.settings import Settings
 from geoservice.stats import ZoneEvent
-from geoservice.store import Store
+from geoservice.store import Store, may_go_unawaited
 from geoservice.tenants import Tenant
 from geoservice.zones import Zone, ZoneDirectory
 
@@ -127,13 +127,14 @@ class Pings:
             and batch.consent is None
             and self.desk.could_offer(tenant.tenant_id, zones.values(), received_ms)
         ):
-            context_read = asyncio.ensure_future(
-                self.customers.context(
-                    tenant.tenant_id, batch.customer_id, limits.interest_lookback_s
+            # Left unread when no offer comes of it: its failure, if any, is not news then.
+            context_read = may_go_unawaited(
+                asyncio.ensure_future(
+                    self.customers.context(
+                        tenant.tenant_id, batch.customer_id, limits.interest_lookback_s
+                    )
                 )
             )
-            # Left unread when no offer comes of it: its failure, if any, is not news.
-            context_read.add_done_callback(_retrieve)
 
         outcome = await advance(batch.consent)
         if outcome.status == "consent" and batch.consent is None and batch.customer_id:
@@ -202,8 +203,3 @@ class Pings:
         link = self.customers.link_device(tenant.tenant_id, batch.customer_id, device)
         offers, _ = await asyncio.gather(decision, link)
         return PingOutcome(events, offers, ignored)
-
-
-def _retrieve(task: asyncio.Task[CustomerContext]) -> None:
-    if not task.cancelled():
-        task.exception()

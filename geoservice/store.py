@@ -12,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis._parsers.response_callbacks import get_response_callbacks
@@ -36,6 +36,7 @@ from geoservice.autopipeline import AutoPipeline, QueuedCommands
 from geoservice.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # redis-py's annotations cannot know that replies are bytes (decode_responses=False) and type
 # every reply as bytes | str; the service treats the client as untyped and decodes at each use.
@@ -110,6 +111,18 @@ class ServiceCluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
         except SlotNotCoveredError as exc:
             raise ClusterDownError(str(exc)) from exc
+
+
+def may_go_unawaited(task: asyncio.Task[T]) -> asyncio.Task[T]:
+    """The task, its failure marked as seen: for a read or write started early that the
+    request may not wait for after all (asyncio logs the failures nobody retrieved)."""
+
+    def seen(done: asyncio.Task[T]) -> None:
+        if not done.cancelled():
+            done.exception()
+
+    task.add_done_callback(seen)
+    return task
 
 
 def load_script_source(name: str) -> str:

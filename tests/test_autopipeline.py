@@ -67,6 +67,49 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(redis: Redis, redis
         await pipeline.close()
 
 
+async def test_batches_and_single_calls_interleave_each_gets_its_replies(
+    redis: Redis, redis_url: str
+) -> None:
+    """execute_many: one future for the batch, replies in order, an error reply in its place;
+    a cancelled batch does not shift the replies of the calls after it."""
+    pipeline = AutoPipeline(redis_url, timeout_s=5.0)
+    try:
+        assert await pipeline.execute("PING") == b"PONG"  # connected
+        cancelled = asyncio.ensure_future(
+            pipeline.execute_many([("SET", "a", 1), ("EVAL", "return 'slow'", 0)])
+        )
+        await asyncio.sleep(0)  # sent, waiting for its replies
+        calls = [
+            pipeline.execute_many(
+                [
+                    ("EVAL", "return ARGV[1]", 0, f"b{i}"),
+                    ("EVAL", "return redis.error_reply('ERR nope')", 0),
+                    ("INCR", "counter"),
+                ]
+            )
+            if i % 2
+            else pipeline.execute("EVAL", "return ARGV[1]", 0, f"s{i}")
+            for i in range(200)
+        ]
+        cancelled.cancel()
+        results = await asyncio.gather(*calls)
+        for i, result in enumerate(results):
+            if i % 2 == 0:
+                assert result == f"s{i}".encode()
+                continue
+            first, error, counter = result
+            assert first == f"b{i}".encode()
+            assert isinstance(error, ResponseError)
+            assert "nope" in str(error)
+            assert isinstance(counter, int)
+        assert sorted(r[2] for r in results[1::2]) == list(range(1, 101))  # each INCR once
+        assert cancelled.cancelled()
+        assert await pipeline.execute("GET", "a") == b"1"  # it had been sent: it ran
+        assert await pipeline.execute_many([]) == []
+    finally:
+        await pipeline.close()
+
+
 def test_only_plain_standalone_urls_are_pipelined() -> None:
     assert supports("redis://127.0.0.1:6390/0")
     assert supports("unix:///tmp/r.sock?db=1")
@@ -104,11 +147,14 @@ async def test_a_lost_connection_fails_the_waiting_and_the_next_call_reconnects(
         await wait_up()
         assert await pipeline.execute("PING") == b"PONG"
         waiting = asyncio.ensure_future(pipeline.execute("BLPOP", "nothing", 0))
+        waiting_batch = asyncio.ensure_future(pipeline.execute_many([("PING",), ("PING",)]))
         await asyncio.sleep(0.1)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         with pytest.raises(ConnectionError):
             await waiting
+        with pytest.raises(ConnectionError):
+            await waiting_batch  # queued behind the BLPOP: its replies never came
         with pytest.raises(ConnectionError):
             await pipeline.execute("PING")  # nobody listens now
         server = start()

@@ -536,6 +536,9 @@ async def test_an_offer_request_waits_for_two_round_trips(api, shop, monkeypatch
         api, shop, {"customer_id": "c-1001", "kind": "view", "product_id": "p-881", "ts": t - HOUR}
     )
     await ping(api, shop, *FAR)  # consent on record, far from every zone
+    # Another customer's offer first: Redis learns the issue script (a first EVALSHA of it is
+    # refused NOSCRIPT and sent again, a round trip that is not the path's).
+    assert (await ping(api, shop, LAT2, LON2, device="d-2", customer="c-2"))["offers"]
     store = api.app[STORE]
     scripts = {script.sha.encode(): name for name, script in store.scripts.items()}
     writes: list[list[str]] = []
