@@ -1,0 +1,160 @@
+"""`python -m loadtest.bench_offer_path`: how long the path of a ping is, in event-loop turns.
+
+Under load a request waits for every turn of its worker's event loop that its path needs (a
+Redis reply, a task starting, a gathered result), each as long as the other requests make it;
+so the number of turns a request needs is a measure of its path that the machine's speed does
+not blur. This starts the service in-process (one worker, its own embedded Redis) with two
+store zones and two offers, and sends one request at a time through a real aiohttp server: a
+ping that fires nothing, an offer to a known customer, an offer to an anonymous device. For each
+it prints the median number of loop turns from send to answer (the client shares the loop, so
+the no-event request's turns are the floor) and the median wall time at zero load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from geoservice.embedded_redis import EmbeddedRedis
+from geoservice.http.app import create_app
+from geoservice.http.state import READY
+from geoservice.settings import Settings, settings_from_env
+
+DOOR = (47.3717, 8.5392)  # inside the first store's zone
+FAR = (47.40, 8.60)  # in no zone
+ALWAYS = {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+
+
+class LoopTurns:
+    """Counts the event loop's turns while on: a callback that puts itself back every turn."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.on = True
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.turns += 1
+        if self.on:
+            asyncio.get_running_loop().call_soon(self._tick)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def ok(response: ClientResponse) -> Any:
+    if not response.ok:
+        raise RuntimeError(f"{response.method} {response.url.path}: {await response.text()}")
+    return await response.json()
+
+
+async def setup(client: TestClient[Any, Any], operator: dict[str, str]) -> dict[str, str]:
+    response = await client.post(
+        "/v1/tenants",
+        json={"tenant_id": "bench", "name": "Bench", "timezone": "Europe/Zurich"},
+        headers=operator,
+    )
+    keys = await ok(response)
+    secret = {"Authorization": f"Bearer {keys['secret_key']}"}
+    zone = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [DOOR[1], DOOR[0]]},
+        "properties": {
+            "name": "Door",
+            "store_id": "s-1",
+            "radius_m": 80,
+            "opening_hours": ALWAYS,
+        },
+    }
+    await ok(await client.put("/v1/zones/door", json=zone, headers=secret))
+    for offer_id, fields in (
+        ("slicer", {"product_ids": ["p-881"], "max_per_customer": 1000}),
+        ("welcome", {"fallback": True, "max_per_customer": 1000}),
+    ):
+        body = {"title": offer_id, **fields}
+        await ok(await client.put(f"/v1/offers/{offer_id}", json=body, headers=secret))
+    caps = {"max_offers_per_day": 1000, "zone_cooldown_s": 0}
+    await ok(await client.patch("/v1/tenant", json=caps, headers=secret))
+    return {"Authorization": f"Bearer {keys['sdk_key']}"}
+
+
+async def measure(settings: Settings, repeats: int) -> dict[str, tuple[float, float]]:
+    app = create_app(settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        await asyncio.wait_for(app[READY].wait(), 30)
+        sdk = await setup(client, {"Authorization": f"Bearer {settings.operator_token}"})
+        results: dict[str, tuple[float, float]] = {}
+        for kind, customer, position in (
+            ("no event", None, (FAR[0] + 0.001, FAR[1])),
+            ("offer, customer", "c", DOOR),
+            ("offer, no customer", None, DOOR),
+        ):
+            turns: list[int] = []
+            millis: list[float] = []
+            for i in range(repeats + 1):  # the first one teaches Redis the scripts
+                device = f"{kind.replace(' ', '').replace(',', '-')}-{i}"
+                first: dict[str, Any] = {
+                    "device_id": device,
+                    "consent": {"location": True, "marketing": True},
+                    "pings": [{"lat": FAR[0], "lon": FAR[1], "accuracy_m": 10, "ts": now_ms()}],
+                }
+                if customer:
+                    first["customer_id"] = f"{customer}-{i}"
+                await ok(await client.post("/v1/pings", json=first, headers=sdk))
+                await asyncio.sleep(0.005)
+                body = {k: v for k, v in first.items() if k != "consent"}
+                lat, lon = position
+                body["pings"] = [{"lat": lat, "lon": lon, "accuracy_m": 10, "ts": now_ms()}]
+                counter = LoopTurns()
+                started = time.perf_counter()
+                response = await client.post("/v1/pings", json=body, headers=sdk)
+                answer = await response.json()
+                elapsed = time.perf_counter() - started
+                counter.on = False
+                if bool(answer["offers"]) != kind.startswith("offer"):
+                    raise AssertionError(f"{kind}: unexpected answer {answer}")
+                if i:
+                    turns.append(counter.turns)
+                    millis.append(elapsed * 1000)
+                await asyncio.sleep(0.01)  # the writes after the answer
+            results[kind] = (statistics.median(turns), statistics.median(millis))
+        return results
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_offer_path", description=__doc__
+    )
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args(argv)
+    runner = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    with EmbeddedRedis() as redis:
+        # no REDIS_URL in this environment: secrets made up for the run
+        settings = replace(settings_from_env({}), redis_url=redis.url, workers=1)
+        results = runner(measure(settings, args.repeats))
+    print(f"one request at a time, {args.repeats} each (medians; the client shares the loop):")
+    for kind, (turns, ms) in results.items():
+        print(f"  {kind:20} {turns:5.0f} event-loop turns  {ms:6.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
