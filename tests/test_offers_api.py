@@ -82,12 +82,15 @@ async def ping(
     customer="c-1001",
     ts=None,
     consent=None,
+    with_consent=True,
 ) -> dict:
+    """One ping; with consent unless `with_consent` is False (consent already on record)."""
     body = {
         "device_id": device,
-        "consent": consent or {"location": True, "marketing": True},
         "pings": [{"lat": lat, "lon": lon, "accuracy_m": 10, "ts": ts or now_ms()}],
     }
+    if with_consent:
+        body["consent"] = consent or {"location": True, "marketing": True}
     if customer is not None:
         body["customer_id"] = customer
     response = await api.post("/v1/pings", json=body, headers=keys.sdk)
@@ -162,14 +165,8 @@ async def test_customer_consent_from_the_back_office_counts(api, shop):
         headers=shop.secret,
     )
     assert response.status == 200
-    body = {
-        "device_id": "new-phone",
-        "customer_id": "c-1001",
-        "pings": [{"lat": LAT, "lon": LON, "accuracy_m": 10, "ts": now_ms()}],
-    }
-    response = await api.post("/v1/pings", json=body, headers=shop.sdk)
-    assert response.status == 200, await response.text()
-    assert [o["offer_id"] for o in (await response.json())["offers"]] == ["welcome"]
+    answer = await ping(api, shop, LAT, LON, device="new-phone", with_consent=False)
+    assert [o["offer_id"] for o in answer["offers"]] == ["welcome"]
 
 
 async def test_stale_ping_gives_event_not_offer(api, shop):
@@ -549,14 +546,7 @@ async def test_an_offer_request_waits_for_two_round_trips(api, shop, monkeypatch
         flush(connection)
 
     monkeypatch.setattr(autopipeline._Connection, "_flush", spy)
-    body = {
-        "device_id": "d-1",
-        "customer_id": "c-1001",
-        "pings": [{"lat": LAT, "lon": LON, "accuracy_m": 10, "ts": now_ms()}],
-    }
-    response = await api.post("/v1/pings", json=body, headers=shop.sdk)
-    assert response.status == 200, await response.text()
-    answer = await response.json()
+    answer = await ping(api, shop, LAT, LON, with_consent=False)
     assert [o["offer_id"] for o in answer["offers"]] == ["slicer-10"]  # the interest counted
     await asyncio.sleep(0.05)  # the writes after the answer
 
