@@ -66,6 +66,7 @@ __all__ = [
     "cover",
     "estimate_cell_count",
     "latlng_to_cells",
+    "load_compiled_lookups",
 ]
 
 R_EARTH_M = 6_371_008.8
@@ -769,6 +770,13 @@ def _warm_up() -> Callable[..., int]:
     if _lookup_point is None:
         _lookup_point = _k.warm_up()
     return _lookup_point
+
+
+def load_compiled_lookups() -> None:
+    """Load the compiled lookups now (from numba's cache: ~0.3-0.5 s once per process, seconds
+    on a slow host; compiled when the cache is cold), instead of in the first ZoneIndex(),
+    which the service would otherwise build inside the first zone write's request."""
+    _warm_up()
 
 
 # --- the index -------------------------------------------------------------------------------

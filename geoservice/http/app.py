@@ -45,6 +45,7 @@ from geoservice.http.state import (
     WEBHOOKS,
     ZONES,
 )
+from geoservice.index import load_compiled_lookups
 from geoservice.offers import OfferCatalog, Offers
 from geoservice.pings import Pings
 from geoservice.settings import Settings
@@ -108,6 +109,8 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def domain_context(app: web.Application) -> AsyncIterator[None]:
+    # Before the server listens: no request waits for the zone index's compiled code.
+    load_compiled_lookups()
     app[TENANTS] = Tenants(app[STORE])
     store, settings = app[STORE], app[SETTINGS]
     directory = ZoneDirectory()

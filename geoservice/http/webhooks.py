@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from geoservice.errors import FieldProblem, ValidationFailed
 from geoservice.http.codec import read_model, respond, validate_query
-from geoservice.http.routing import Auth, EndpointTable, caller
+from geoservice.http.routing import Auth, EndpointTable, caller, path_id
 from geoservice.http.state import SETTINGS, WEBHOOKS
-from geoservice.http.wire import ID_PATTERN, Out, Page, Problem, Wire
+from geoservice.http.wire import Out, Page, Problem, Wire
 from geoservice.webhooks import (
     MAX_URL_LENGTH,
     SECRET_MAX_LENGTH,
@@ -81,13 +79,6 @@ class DeliveryLog(Out):
     deliveries: list[DeliveryAttempt]
 
 
-def _path_webhook_id(request: web.Request) -> str:
-    webhook_id = request.match_info["webhook_id"]
-    if not re.match(ID_PATTERN, webhook_id):
-        raise ValidationFailed.of([FieldProblem("webhook_id", f"must match {ID_PATTERN}")])
-    return webhook_id
-
-
 @routes.route(
     "PUT",
     "/v1/webhooks/{webhook_id}",
@@ -101,7 +92,7 @@ def _path_webhook_id(request: web.Request) -> str:
     "address that is not allow-listed.",
 )
 async def put_webhook(request: web.Request) -> web.Response:
-    webhook_id = _path_webhook_id(request)
+    webhook_id = path_id(request, "webhook_id")
     body, _ = await read_model(request, WebhookBody, request.app[SETTINGS].max_body_bytes)
     webhook, created = await request.app[WEBHOOKS].put(
         caller(request).tenant_id, webhook_id, body.url, body.events, body.secret
