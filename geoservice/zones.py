@@ -357,12 +357,13 @@ class ZoneDirectory:
             generation = tenant.generation
 
             def regrown(done: asyncio.Future[ZoneIndex]) -> None:
+                error = None if done.cancelled() else done.exception()
                 if self.regrowing.get(tenant_id) is not entry:
                     return  # a later margin superseded this one
                 del self.regrowing[tenant_id]
                 if done.cancelled():
                     return
-                if (error := done.exception()) is not None:
+                if error is not None:
                     log.error("grown index for tenant %s failed: %r", tenant_id, error)
                     return  # the next ping tries again
                 if self.tenants.get(tenant_id) is not tenant or tenant.generation != generation:
