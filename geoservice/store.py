@@ -12,12 +12,19 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands import READ_COMMANDS
@@ -77,10 +84,88 @@ SPARE_CONNECTIONS = 32
 MAX_PENDING_WRITES = 1_000
 
 
+class _ClosedTransportIsConnectionError(AbstractConnection):
+    """A redis-py connection whose peer closed it fails with redis-py's ConnectionError.
+
+    redis-py 8.1 lets the transport's own TypeError or AttributeError out when it writes to a
+    connection the peer reset while it sat idle in the pool, or reads from one closed under it
+    (redis/redis-py#4287, seen here in a Redis Cluster failover). Nothing recovers from those:
+    not redis-py's retries, not the cluster client's topology refresh, not the service's 503.
+    As ConnectionError they are the store not answering on that connection, as they should be.
+    The check is the transport's state, not the error's wording, so a TypeError of any other
+    cause still surfaces as the bug it is."""
+
+    __slots__ = ()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._closed_by_peer():
+            # Closed or reset by the server while idle (a restart, a failover, its timeout):
+            # nothing went out on it, so a new connection is safe to use.
+            await self.disconnect(nowait=True)
+        await super().send_packed_command(command, check_health)
+
+    def _closed_by_peer(self) -> bool:
+        writer, reader = self._writer, self._reader
+        if writer is None or reader is None:
+            return False  # not connected: redis-py connects first
+        return writer.transport.is_closing() or reader.at_eof()
+
+    async def _send_packed_command(self, command: Any) -> None:
+        try:
+            await super()._send_packed_command(command)
+        except (AttributeError, TypeError) as exc:
+            if self._transport_closed():
+                raise ConnectionError(f"redis connection closed under a write: {exc!r}") from exc
+            raise
+
+    async def _read_response_from_parser(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._read_response_from_parser(*args, **kwargs)
+        except (AttributeError, TypeError) as exc:
+            if self._transport_closed():
+                raise ConnectionError(f"redis connection closed under a read: {exc!r}") from exc
+            raise
+
+    def _transport_closed(self) -> bool:
+        writer = self._writer
+        return writer is None or writer.transport.is_closing()
+
+
+class _TcpConnection(_ClosedTransportIsConnectionError, Connection):
+    __slots__ = ()
+
+
+class _TlsConnection(_ClosedTransportIsConnectionError, SSLConnection):
+    __slots__ = ()
+
+
+class _UnixConnection(_ClosedTransportIsConnectionError, UnixDomainSocketConnection):
+    __slots__ = ()
+
+
+# redis-py picks its connection class from the URL's scheme; each is swapped for ours.
+CONNECTION_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _TcpConnection,
+    SSLConnection: _TlsConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}
+
+
 class ServiceCluster(RedisCluster):
     """RedisCluster that repeats a read once after a failover or a lost connection, and turns
     the cluster-only exceptions that mean "no node serves this now" into RedisErrors, which
     the service already treats as the store being unavailable (503, resynchronise, retry)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The cluster client sets its connection class inside its constructor (no argument
+        # for it): every node made from here on takes it from the nodes manager's kwargs.
+        manager_kwargs = self.nodes_manager.connection_kwargs
+        # (TCP or TLS: the cluster client has no unix sockets)
+        ours = cast("type[Connection]", CONNECTION_CLASSES[manager_kwargs["connection_class"]])
+        manager_kwargs["connection_class"] = ours
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = ours
 
     async def initialize(self, *args: Any, **kwargs: Any) -> ServiceCluster:
         try:
@@ -160,13 +245,15 @@ def connect(settings: Settings, url: str | None = None) -> Redis | RedisCluster:
             reinitialize_steps=0,
             max_connections=settings.max_in_flight + SPARE_CONNECTIONS,
         )
-    return Redis.from_url(
+    pool = ConnectionPool.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=False,
         health_check_interval=30,
     )
+    pool.connection_class = CONNECTION_CLASSES[pool.connection_class]
+    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @dataclass

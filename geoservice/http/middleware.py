@@ -52,21 +52,6 @@ STORE_UNAVAILABLE = Unavailable(
 )
 
 
-def leaked_by_a_closed_connection(error: BaseException) -> bool:
-    """redis-py (8.1) lets the transport's AttributeError or TypeError out when a connection is
-    closed under a write (a failover, a peer reset), instead of its ConnectionError
-    (redis/redis-py#4287): seen under a Redis Cluster failover. That is the store not answering
-    on that connection, not a bug of ours."""
-    if not isinstance(error, AttributeError | TypeError):
-        return False
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_globals.get("__name__") == "redis.asyncio.connection":
-            return True
-        frame = frame.tb_next
-    return False
-
-
 def problem_response(request: web.Request, error: GeoserviceError) -> web.Response:
     try:
         codec = response_codec(request.headers.get("Accept"))
@@ -156,13 +141,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The route's pattern, not the path: paths carry customer and zone ids.
         log.warning("store unavailable on %s %s: %r", request.method, route_name, exc)
         response = problem_response(request, STORE_UNAVAILABLE)
-    except Exception as exc:
-        if leaked_by_a_closed_connection(exc):
-            log.warning("store connection closed under %s %s: %r", request.method, route_name, exc)
-            response = problem_response(request, STORE_UNAVAILABLE)
-        else:
-            log.exception("unexpected error on %s %s", request.method, route_name)
-            response = problem_response(request, GeoserviceError("unexpected error, it was logged"))
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, route_name)
+        response = problem_response(request, GeoserviceError("unexpected error, it was logged"))
     finally:
         in_flight[0] -= 1
     count, duration = metrics.request_series(route_name, request.method, response.status)
