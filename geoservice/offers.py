@@ -187,15 +187,58 @@ def rank(
     return [item[4] for item in scored]
 
 
+# An offer's place in the catalog's index: its trigger, then one of its zones, or ANY_ZONE.
+ANY_ZONE = None
+OfferKey = tuple[str, str | None]
+
+
 @dataclass
 class OfferCatalog:
-    """Every tenant's offers in memory, refreshed from the change feed."""
+    """Every tenant's offers in memory, refreshed from the change feed, and indexed by
+    trigger and zone: a ping that names a customer asks it for every zone it lies in
+    (`OfferDesk.could_offer`), so that question must not cost a scan of the tenant's offers."""
 
     tenants: dict[str, dict[str, Offer]] = field(default_factory=dict)
+    # tenant -> (trigger, zone_id or ANY_ZONE) -> offer_id -> offer
+    _by_trigger_zone: dict[str, dict[OfferKey, dict[str, Offer]]] = field(default_factory=dict)
 
     def candidates(self, tenant_id: str, zone_id: str, trigger: str, now_ms: int) -> list[Offer]:
-        offers = self.tenants.get(tenant_id, {})
-        return [o for o in offers.values() if o.applies_to(zone_id, trigger) and o.runs_at(now_ms)]
+        index = self._by_trigger_zone.get(tenant_id)
+        if not index:
+            return []
+        found = [o for o in index.get((trigger, zone_id), {}).values() if o.runs_at(now_ms)]
+        found.extend(o for o in index.get((trigger, ANY_ZONE), {}).values() if o.runs_at(now_ms))
+        return found
+
+    def put(self, tenant_id: str, offer: Offer) -> None:
+        self.remove(tenant_id, offer.offer_id)
+        self.tenants.setdefault(tenant_id, {})[offer.offer_id] = offer
+        index = self._by_trigger_zone.setdefault(tenant_id, {})
+        for key in _index_keys(offer):
+            index.setdefault(key, {})[offer.offer_id] = offer
+
+    def remove(self, tenant_id: str, offer_id: str) -> None:
+        offer = self.tenants.get(tenant_id, {}).pop(offer_id, None)
+        if offer is None:
+            return
+        index = self._by_trigger_zone[tenant_id]
+        for key in _index_keys(offer):
+            entries = index[key]
+            del entries[offer_id]
+            if not entries:
+                del index[key]
+
+    def replace(self, tenant_id: str, offers: dict[str, Offer]) -> None:
+        self.tenants[tenant_id] = {}
+        self._by_trigger_zone[tenant_id] = {}
+        for offer in offers.values():
+            self.put(tenant_id, offer)
+
+
+def _index_keys(offer: Offer) -> list[OfferKey]:
+    if offer.zone_ids is None:
+        return [(offer.trigger, ANY_ZONE)]
+    return [(offer.trigger, zone_id) for zone_id in set(offer.zone_ids)]
 
 
 class Offers:
@@ -214,7 +257,7 @@ class Offers:
             keys.offers(tenant_id),
             {offer.offer_id: offer.pack()},
         )
-        self.catalog.tenants.setdefault(tenant_id, {})[offer.offer_id] = offer
+        self.catalog.put(tenant_id, offer)
         await changes.publish(self.store.redis, "offer", tenant_id, offer.offer_id)
         return bool(added)
 
@@ -234,7 +277,7 @@ class Offers:
         )
         if not removed:
             raise NotFound(f"offer {offer_id!r} does not exist")
-        self.catalog.tenants.get(tenant_id, {}).pop(offer_id, None)
+        self.catalog.remove(tenant_id, offer_id)
         await changes.publish(self.store.redis, "offer", tenant_id, offer_id)
 
     async def page(
@@ -253,18 +296,17 @@ class Offers:
         offers: dict[str, Offer] = {}
         async for offer_id, raw in self.store.redis.hscan_iter(keys.offers(tenant_id), count=500):
             offers[offer_id.decode()] = Offer.unpack(raw)
-        self.catalog.tenants[tenant_id] = offers
+        self.catalog.replace(tenant_id, offers)
         return len(offers)
 
     async def apply_change(self, change: changes.Change) -> None:
         if change.kind != "offer":
             return
         raw = await self.store.redis.hget(keys.offers(change.tenant_id), change.item_id)
-        offers = self.catalog.tenants.setdefault(change.tenant_id, {})
         if raw is None:
-            offers.pop(change.item_id, None)
+            self.catalog.remove(change.tenant_id, change.item_id)
         else:
-            offers[change.item_id] = Offer.unpack(raw)
+            self.catalog.put(change.tenant_id, Offer.unpack(raw))
 
 
 def now_ms() -> int:

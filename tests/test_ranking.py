@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geoservice.customers import Interest
-from geoservice.offers import Offer, rank, score
+from geoservice.offers import Offer, OfferCatalog, rank, score
 
 NOW = 1_795_430_400_000
 HOUR = 3_600_000
@@ -120,3 +122,57 @@ def test_ties_by_priority_then_offer_id():
         offer("c", ["p1"], priority=2),
     ]
     assert ids(rank(offers, interests, NOW, HALF_LIFE_S)) == ["c", "a", "b"]
+
+
+ZONES = ("z1", "z2", "z3")
+catalog_offers = st.builds(
+    Offer,
+    st.sampled_from(("o1", "o2", "o3", "o4")),
+    title=st.just("t"),
+    zone_ids=st.none() | st.lists(st.sampled_from(ZONES), max_size=3).map(tuple),
+    trigger=st.sampled_from(("enter", "dwell", "exit")),
+    starts_at_ms=st.none() | st.sampled_from((NOW - DAY, NOW + DAY)),
+    ends_at_ms=st.none() | st.sampled_from((NOW, NOW + DAY)),
+)
+catalog_changes = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from(("t1", "t2")), catalog_offers),
+        st.tuples(st.just("remove"), st.sampled_from(("t1", "t2")), st.sampled_from(("o1", "o2"))),
+        st.tuples(
+            st.just("replace"),
+            st.sampled_from(("t1", "t2")),
+            st.lists(catalog_offers, max_size=4).map(lambda o: {x.offer_id: x for x in o}),
+        ),
+    ),
+    max_size=12,
+)
+
+
+@given(catalog_changes)
+def test_the_catalog_index_finds_what_a_scan_of_the_offers_finds(changes):
+    """`candidates` reads an index by trigger and zone; after any sequence of puts, removals
+    and reloads it gives exactly the offers a scan of every offer would."""
+    catalog = OfferCatalog()
+    offers: dict[str, dict[str, Offer]] = {}
+    for action, tenant_id, value in changes:
+        if action == "put":
+            catalog.put(tenant_id, value)
+            offers.setdefault(tenant_id, {})[value.offer_id] = value
+        elif action == "remove":
+            catalog.remove(tenant_id, value)
+            offers.get(tenant_id, {}).pop(value, None)
+        else:
+            catalog.replace(tenant_id, value)
+            offers[tenant_id] = dict(value)
+    for tenant_id in ("t1", "t2", "t3"):
+        for zone_id in ZONES:
+            for trigger in ("enter", "dwell", "exit"):
+                expected = {
+                    o.offer_id
+                    for o in offers.get(tenant_id, {}).values()
+                    if o.applies_to(zone_id, trigger) and o.runs_at(NOW)
+                }
+                found = catalog.candidates(tenant_id, zone_id, trigger, NOW)
+                assert sorted(o.offer_id for o in found) == sorted(expected)
+    for tenant_id, expected_offers in offers.items():
+        assert catalog.tenants.get(tenant_id, {}) == expected_offers
