@@ -786,6 +786,33 @@ def load_compiled_lookups() -> None:
 _Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64, int]
 
 
+# From this many table entries (~15,000 zones), a merge the owner asked to defer
+# (ZoneIndex.defer_merges) is left to it to run beside the event loop: ~0.5 s of work per
+# million entries, during which no request of the worker would be answered.
+DEFERRED_MERGE_MIN_ENTRIES = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class MergeJob:
+    """A rebuild of an index's tables from a snapshot of its entries, to run in another
+    thread (`build`, which touches nothing of the index: the tables it reads are never
+    changed in place, the overlay and the liveness are copies) and to install on the
+    index's own thread (`ZoneIndex.finish_merge`)."""
+
+    base: _Tables
+    overlay_cells: I64
+    overlay_codes: I64
+    keep_alive: Bool
+    dead_entries: int
+
+    def build(self) -> _Tables:
+        cells, codes = self.base.pairs()
+        cells = np.concatenate([cells, self.overlay_cells])
+        codes = np.concatenate([codes, self.overlay_codes])
+        live = self.keep_alive[codes >> 2]
+        return _Tables.build(cells[live], codes[live])
+
+
 class ZoneIndex:
     """Zones of one tenant.
 
@@ -805,7 +832,14 @@ class ZoneIndex:
     for ~0.8 s per 1.4M entries. Bulk changes are cheaper through put_many. Memory: ~1 KB per
     zone (tables ~25 B per cell entry, zone ids, prepared polygons). The first index of a
     process loads the compiled lookups from numba's cache (~0.3 s; ~4 s to compile them when
-    the cache is cold)."""
+    the cache is cold).
+
+    Deferred merges: with `defer_merges` set, a merge of an index of at least
+    DEFERRED_MERGE_MIN_ENTRIES entries is not run by the put or remove that calls for it; it
+    sets `merge_wanted`, and the owner takes a `start_merge()` job, runs its `build()` in a
+    thread and hands the tables to `finish_merge()`. Meanwhile lookups use the old tables and
+    the overlay, which keeps taking the changes; finish_merge carries over what the overlay
+    took after the snapshot. A merge run here (a bulk put) supersedes a job in flight."""
 
     # floats of removed polygons' records tolerated before the records are rewritten
     PV_SLACK = 1 << 17
@@ -831,6 +865,11 @@ class ZoneIndex:
         self._out_mv = self._out.data
         self._plan: _Plan
         self._replan()
+        self.defer_merges = False
+        self.merge_wanted = False
+        self._merging: MergeJob | None = None
+        # overlay entries added since the snapshot of the merge in flight
+        self._added_while_merging: list[tuple[I64, I64]] = []
 
     # -- public API --
 
@@ -946,6 +985,41 @@ class ZoneIndex:
         finally:
             if gc_was_enabled:
                 gc.enable()
+
+    def start_merge(self) -> MergeJob | None:
+        """The deferred merge to build, if one is wanted and none is in flight."""
+        if not self.merge_wanted or self._merging is not None:
+            return None
+        ov_cells, ov_codes = _k.overlay_pairs(self._ov)
+        job = MergeJob(self._tables, ov_cells, ov_codes, self._live(), self._dead_entries)
+        self._merging = job
+        self._added_while_merging = []
+        self.merge_wanted = False
+        return job
+
+    def finish_merge(self, job: MergeJob, tables: _Tables | None) -> bool:
+        """Installs the job's tables (None: its build failed, the next change asks again);
+        False when a later merge superseded the job."""
+        if job is not self._merging:
+            return False
+        added, self._added_while_merging = self._added_while_merging, []
+        self._merging = None
+        if tables is None:
+            self.merge_wanted = True
+            return False
+        ov = _k.new_overlay(sum(len(cells) for cells, _ in added))
+        for cells, codes in added:
+            _k.overlay_insert(ov, cells, codes)
+        # one assignment each: lookups read self._plan, which still points at the old tables
+        self._tables = tables
+        self._ov = ov
+        # the entries of slots retired since the snapshot are still in the new tables
+        self._dead_entries -= job.dead_entries
+        if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+            self._pv_compact()
+        self._replan()
+        self._maybe_merge()
+        return True
 
     # -- internals --
 
@@ -1079,8 +1153,12 @@ class ZoneIndex:
             old_cells, old_codes = _k.overlay_pairs(ov)
             ov = _k.new_overlay(2 * need)
             _k.overlay_insert(ov, old_cells, old_codes)
-        _k.overlay_insert(ov, np.ascontiguousarray(cells), np.ascontiguousarray(codes))
+        cells = np.ascontiguousarray(cells)
+        codes = np.ascontiguousarray(codes)
+        _k.overlay_insert(ov, cells, codes)
         self._ov = ov
+        if self._merging is not None:
+            self._added_while_merging.append((cells, codes))
 
     def _commit(self, entries: list[tuple[str, ZoneShape, I64, Bool]]) -> None:
         ids = [e[0] for e in entries]
@@ -1120,8 +1198,9 @@ class ZoneIndex:
         new_cells = np.concatenate(parts_c)
         new_codes = np.concatenate(parts_k)
         per_slot = np.bincount((new_codes >> 2) - first, minlength=len(ids))
-        if n_new < self._tables.n_entries // 8:
-            # small batch into a big index: go through the overlay
+        base = self._tables.n_entries
+        if n_new < base // 8 or (self.defer_merges and base >= DEFERRED_MERGE_MIN_ENTRIES):
+            # small batch into a big index, or a merge to leave to the owner: the overlay
             first2 = self._new_slots(ids, shapes)
             assert first2 == first
             self._overlay_add(new_cells, new_codes)
@@ -1139,7 +1218,10 @@ class ZoneIndex:
         # the overlay is probed at every resolution it holds and re-hashed as it grows, so it
         # stays small; dead entries only cost table space
         if ov > max(10_000, base // 32) or self._dead_entries > max(50_000, base // 4):
-            self._merge()
+            if self.defer_merges and base >= DEFERRED_MERGE_MIN_ENTRIES:
+                self.merge_wanted = True  # unless one is in flight: it may be enough
+            else:
+                self._merge()
         elif self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
             self._pv_compact()
             self._replan()
@@ -1176,6 +1258,9 @@ class ZoneIndex:
         self._tables = tables
         self._ov = _k.new_overlay(0)
         self._dead_entries = 0
+        self._merging = None  # this merge holds everything a job in flight would bring
+        self._added_while_merging = []
+        self.merge_wanted = False
         if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
             self._pv_compact()
         self._replan()

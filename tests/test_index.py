@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from geoservice import index as index_module
 from geoservice.index import (
     MAX_CELLS_PER_ZONE,
     Circle,
@@ -346,6 +347,60 @@ def test_merge_keeps_answers_after_many_incremental_changes() -> None:
     assert len(idx) == len(zones)
     pts = sample_points(rng, 45.1, 7.15, 1500, 0.07)
     check(idx, zones, pts)
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+def test_deferred_merges_keep_answers_whenever_they_land(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges built from a snapshot while changes go on (as the service runs them in a
+    thread), installed late, superseded by a merge in the call, or failed: the answers match
+    brute force before, during and after each."""
+    monkeypatch.setattr(index_module, "DEFERRED_MERGE_MIN_ENTRIES", 0)
+    rng = np.random.default_rng(seed)
+
+    def circle() -> Circle:
+        return Circle(
+            float(rng.uniform(45, 45.2)), float(rng.uniform(7, 7.3)), float(rng.uniform(20, 400))
+        )
+
+    idx = ZoneIndex()
+    zones: dict[str, ZoneShape] = {f"b{i}": circle() for i in range(2000)}
+    idx.put_many(zones.items())
+    idx.defer_merges = True
+    pts = sample_points(rng, 45.1, 7.15, 300, 0.07)
+    job = None
+    landed = superseded = failed = 0
+    for step in range(2500):
+        zid = f"b{int(rng.integers(0, 2500))}"
+        if rng.uniform() < 0.3:
+            idx.remove(zid)
+            zones.pop(zid, None)
+        elif rng.uniform() < 0.002:  # a bulk put big enough to merge in the call
+            bulk = {f"m{step}-{i}": circle() for i in range(600)}
+            idx.put_many(bulk.items())
+            zones.update(bulk)
+        else:
+            zones[zid] = shape = circle()
+            idx.put(zid, shape)
+        if job is None:
+            job = idx.start_merge()
+            built = job.build() if job is not None else None  # from the snapshot, at once
+        elif rng.uniform() < 0.02:  # lands some changes later
+            if rng.uniform() < 0.1:
+                assert not idx.finish_merge(job, None)
+                failed += 1
+                assert idx.merge_wanted
+            elif idx.finish_merge(job, built):
+                landed += 1
+            else:
+                superseded += 1
+            job = None
+        if step % 500 == 0:
+            check(idx, zones, pts)
+    assert landed >= 3, (landed, superseded, failed)
+    assert len(idx) == len(zones)
+    check(idx, zones, pts + sample_points(rng, 45.1, 7.15, 1000, 0.07))
 
 
 def test_replace_circle_by_polygon_and_back() -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geoservice import index as index_module
 from geoservice import zones as zones_module
 from geoservice.index import Circle, ZoneShape
 from geoservice.zones import TenantZones, Zone, ZoneDirectory, distance_outside_m
@@ -149,3 +151,41 @@ async def test_a_large_tenants_new_margin_is_built_beside_the_event_loop(monkeyp
     await built()
     assert directory.tenants["t"].exit_margin_m == 20.0
     assert directory.locate("t", *point_150, 20.0) == ([], [])
+
+
+async def test_a_large_tenants_index_merges_beside_the_event_loop(monkeypatch) -> None:
+    """On the event loop, the table rebuilds that a stream of zone changes calls for run in a
+    thread (ZoneIndex.MergeJob.build), both indexes of the tenant, and land by themselves;
+    the answers match brute force all along."""
+    monkeypatch.setattr(index_module, "DEFERRED_MERGE_MIN_ENTRIES", 0)
+    built_in: list[int] = []
+    build = index_module.MergeJob.build
+
+    def recorded_build(job: index_module.MergeJob) -> object:
+        built_in.append(threading.get_ident())
+        return build(job)
+
+    monkeypatch.setattr(index_module.MergeJob, "build", recorded_build)
+    directory = ZoneDirectory()
+    shapes: dict[str, ZoneShape] = {}
+    for chunk in range(12):  # an import in chunks, as POST /v1/zones/import sends them
+        items = []
+        for i in range(400):
+            zone_id = f"z{chunk}-{i}"
+            shape = Circle(*_offset(*CENTRE, 30.0 * i, 30.0 * chunk), 40.0)
+            shapes[zone_id] = shape
+            items.append((Zone(zone_id, zone_id, {}), shape))
+        directory.apply_many("t", items)
+        await asyncio.sleep(0.01)  # the loop goes on serving meanwhile
+    tenant = directory.tenants["t"]
+    for _ in range(500):  # the last merges land
+        if not any(i._merging or i.merge_wanted for i in (tenant.index, tenant.outer)):
+            break
+        await asyncio.sleep(0.01)
+    assert built_in, "no merge ran"
+    assert threading.get_ident() not in built_in
+    for bearing in range(0, 360, 7):
+        for metres in (7.0, 101.0, 2003.0, 9001.0):  # no point exactly on a rim
+            lat, lon = _offset(*CENTRE, metres, bearing)
+            inside, _ = directory.locate("t", lat, lon, tenant.exit_margin_m)
+            assert {z.zone_id for z in inside} == brute(shapes, lat, lon)
