@@ -34,7 +34,8 @@ def configure_logging(level: str, worker_index: int | None = None) -> None:
     )
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's, when it is installed (it is a dependency; the fallback is for a bare checkout)."""
     try:
         import uvloop
     except ImportError:
@@ -77,7 +78,7 @@ def run_worker(settings: Settings, worker_index: int | None = None) -> None:
     configure_logging(settings.log_level, worker_index)
     if worker_index is not None:
         settings = replace(settings, instance_id=f"{settings.instance_id}-{worker_index}")
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve_app(settings))
 
 
@@ -162,7 +163,7 @@ def serve(
                 announce(f"geoservice: listening on http://{settings.host}:{port} (1 worker)")
 
             configure_logging(settings.log_level, None)
-            with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 runner.run(serve_app(settings, started=started))
             return 0
         announce(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -28,6 +27,7 @@ from redis.crc import key_slot
 
 from geoservice.fences import device_pseudonym
 from geoservice.keys import device_consent, device_state
+from geoservice.server import event_loop_factory
 from loadtest import wrk
 from loadtest.bench_pings import (
     JSON,
@@ -938,14 +938,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A shell starts a background job (`make bench &`) with SIGINT ignored; the runner then
     # installs no handler of its own and neither Ctrl-C nor SIGTERM would stop the run.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
     # What the service runs is what the tree held when it started, not at the end of the run.
     source = source_version()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         doc = runner.run(bench(args))
     doc = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import random
 import statistics
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 from geoservice import zones as zones_module
 from geoservice.index import Circle
+from geoservice.server import event_loop_factory
 from geoservice.zones import DEFAULT_EXIT_MARGIN_M, Zone, ZoneDirectory
 
 TENANT = "t"
@@ -113,12 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    runner = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
-    rounds = runner(run(args))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        rounds = runner.run(run(args))
     print(f"{args.zones} circles, {args.rounds} rounds per way (medians):")
     for way in ("on-loop", "thread"):
         mine = [r for r in rounds if r.way == way]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from geoservice.embedded_redis import EmbeddedRedis
 from geoservice.http.app import create_app
 from geoservice.http.state import READY
+from geoservice.server import event_loop_factory
 from geoservice.settings import Settings, settings_from_env
 
 DOOR = (47.3717, 8.5392)  # inside the first store's zone
@@ -141,15 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args(argv)
-    runner = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
     with EmbeddedRedis() as redis:
         # no REDIS_URL in this environment: secrets made up for the run
         settings = replace(settings_from_env({}), redis_url=redis.url, workers=1)
-        results = runner(measure(settings, args.repeats))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            results = runner.run(measure(settings, args.repeats))
     print(f"one request at a time, {args.repeats} each (medians; the client shares the loop):")
     for kind, (turns, ms) in results.items():
         print(f"  {kind:20} {turns:5.0f} event-loop turns  {ms:6.2f} ms")

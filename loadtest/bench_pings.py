@@ -34,6 +34,7 @@ import psutil  # type: ignore[import-untyped]
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from geoservice.embedded_redis import _die_with_parent
+from geoservice.server import event_loop_factory
 from loadtest.city import City, Device, Fix, split_zone_count
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pings.json"
@@ -1046,14 +1047,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
     source = source_version()  # the tree the service starts from (see loadtest.bench)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         doc = runner.run(bench(args))
     doc = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
