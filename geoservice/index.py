@@ -21,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -786,6 +786,18 @@ def load_compiled_lookups() -> None:
 _Plan: TypeAlias = tuple[int, I64, I64, F64, F64, I64, I64, int]
 
 
+class PreparedZones(NamedTuple):
+    """A bulk put's zones in spatial order and their covers (ZoneIndex.prepare_many)."""
+
+    ids: list[str]
+    shapes: list[ZoneShape]
+    covers: list[tuple[I64, Bool] | None]  # per polygon, None for circles
+    circ_idx: list[int]
+    owner: I64  # the circles': position in circ_idx, cell, on the boundary
+    cells: I64
+    boundary: Bool
+
+
 # From this many table entries (~15,000 zones), a merge the owner asked to defer
 # (ZoneIndex.defer_merges) is left to it to run beside the event loop: ~0.5 s of work per
 # million entries, during which no request of the worker would be answered.
@@ -887,9 +899,15 @@ class ZoneIndex:
     def put_many(self, items: Iterable[tuple[str, ZoneShape]]) -> None:
         """Bulk add/replace. Circles are covered in one vectorized pass; if any zone is too
         large, ZoneTooLargeError is raised and nothing is applied."""
+        self.commit(self.prepare_many(items))
+
+    def prepare_many(self, items: Iterable[tuple[str, ZoneShape]]) -> PreparedZones:
+        """The covers of a bulk put, computed without touching the index: safe to run in
+        another thread while the index serves lookups and changes; `commit` applies them."""
         items = list(items)
         if not items:
-            return
+            nothing = np.empty(0, np.int64)
+            return PreparedZones([], [], [], [], nothing, nothing, np.empty(0, np.bool_))
         # last write wins for repeated ids within the batch
         dedup: dict[str, ZoneShape] = {}
         for zid, shape in items:
@@ -929,8 +947,13 @@ class ZoneIndex:
             owner = np.empty(0, np.int64)
             cells = np.empty(0, np.int64)
             boundary = np.empty(0, np.bool_)
-        self._commit_bulk(ids, shapes, covers, circ_idx, owner, cells, boundary)
-        del owner, cells, boundary, covers
+        return PreparedZones(ids, shapes, covers, circ_idx, owner, cells, boundary)
+
+    def commit(self, prepared: PreparedZones) -> None:
+        """Applies a prepared bulk put (from this index's prepare_many, at any time since)."""
+        if not prepared.ids:
+            return
+        self._commit_bulk(*prepared)
         _release_freed_memory()
 
     def remove(self, zone_id: str) -> None:

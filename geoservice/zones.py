@@ -35,7 +35,13 @@ from geoservice.geometry import (
     shape_from_geojson,
     shape_to_geojson,
 )
-from geoservice.index import MAX_CELLS_PER_ZONE, Circle, ZoneIndex, estimate_cell_count
+from geoservice.index import (
+    MAX_CELLS_PER_ZONE,
+    Circle,
+    PreparedZones,
+    ZoneIndex,
+    estimate_cell_count,
+)
 from geoservice.store import Store
 
 log = logging.getLogger(__name__)
@@ -227,6 +233,21 @@ def grown_index(shapes: Iterable[tuple[str, ZoneShape]], exit_margin_m: float) -
 # request of the worker would wait and many pass their deadline); the tenant's pings use the
 # previous margin until it is ready. Below it the rebuild takes under ~40 ms and runs at once.
 BACKGROUND_REGROW_ZONES = 2_000
+# From this many zones in one change (an import's request, a change-feed entry of one), their
+# covers are computed in a thread (ZoneDirectory.apply_many_beside); below, at once (~1 ms).
+BACKGROUND_APPLY_ZONES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChange:
+    """A bulk change of one tenant's zones with its covers computed (TenantZones.prepare)."""
+
+    disabled: list[str]  # ids of zones stored disabled: out of the indexes
+    live: list[tuple[str, ZoneShape]]
+    records: list[Zone]  # without their geometry
+    inside: PreparedZones
+    outer: PreparedZones
+    exit_margin_m: float  # what `outer` was grown by
 
 
 @dataclass
@@ -243,20 +264,38 @@ class TenantZones:
     generation: int = 0
 
     def put_many(self, items: list[tuple[Zone, ZoneShape]]) -> None:
-        self.generation += 1
-        for zone, _ in items:
-            if not zone.enabled:
-                self.index.remove(zone.zone_id)
-                self.outer.remove(zone.zone_id)
-                self.shapes.pop(zone.zone_id, None)
+        self.commit(self.prepare(items))
+
+    def prepare(self, items: list[tuple[Zone, ZoneShape]]) -> PreparedChange:
+        """The work of put_many that changes nothing (the covers, the records): safe to run
+        in another thread while the zones serve lookups; `commit` applies it."""
         live = [(z.zone_id, s) for z, s in items if z.enabled]
-        self.index.put_many(live)
-        self.outer.put_many((i, outer_shape(s, self.exit_margin_m)) for i, s in live)
-        self.shapes.update(live)
-        for zone, _ in items:
-            # The hot path needs the zone's facts, not its coordinates (the shape has them, GET
-            # reads Redis): at 10^5 zones the GeoJSON lists would cost tens of megabytes.
-            self.zones[zone.zone_id] = replace(zone, geometry={})
+        return PreparedChange(
+            [z.zone_id for z, _ in items if not z.enabled],
+            live,
+            # The hot path needs the zone's facts, not its coordinates (the shape has them,
+            # GET reads Redis): at 10^5 zones the GeoJSON lists would cost tens of megabytes.
+            [replace(zone, geometry={}) for zone, _ in items],
+            self.index.prepare_many(live),
+            self.outer.prepare_many((i, outer_shape(s, self.exit_margin_m)) for i, s in live),
+            self.exit_margin_m,
+        )
+
+    def commit(self, change: PreparedChange) -> None:
+        self.generation += 1
+        for zone_id in change.disabled:
+            self.index.remove(zone_id)
+            self.outer.remove(zone_id)
+            self.shapes.pop(zone_id, None)
+        self.index.commit(change.inside)
+        outer = change.outer
+        if change.exit_margin_m != self.exit_margin_m:  # the margin changed since: grow again
+            margin = self.exit_margin_m
+            outer = self.outer.prepare_many((i, outer_shape(s, margin)) for i, s in change.live)
+        self.outer.commit(outer)
+        self.shapes.update(change.live)
+        for record in change.records:
+            self.zones[record.zone_id] = record
 
     def remove(self, zone_id: str) -> None:
         self.generation += 1
@@ -358,6 +397,22 @@ class ZoneDirectory:
         tenant.put_many(items)
         _merge_beside(tenant, loop)
 
+    async def apply_many_beside(self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]) -> None:
+        """apply_many, with a large batch's covers computed in a thread (an import's 10,000
+        zones: ~0.5 s of work that would hold up every request of the worker). The change
+        lands at once, after them; callers keep their changes in order (Zones does)."""
+        loop = asyncio.get_running_loop()
+        if len(items) < BACKGROUND_APPLY_ZONES:
+            self.apply_many(tenant_id, items)
+            return
+        tenant = self.tenants.setdefault(tenant_id, TenantZones())
+        change = await loop.run_in_executor(None, tenant.prepare, items)
+        # the tenant's object now: a new exit margin replaces it (sharing the zone index)
+        tenant = self.tenants.setdefault(tenant_id, TenantZones())
+        _defer_merges(tenant, loop)
+        tenant.commit(change)
+        _merge_beside(tenant, loop)
+
     def remove(self, tenant_id: str, zone_id: str) -> None:
         tenant = self.tenants.get(tenant_id)
         if tenant is not None:
@@ -444,6 +499,10 @@ class Zones:
     def __init__(self, store: Store, directory: ZoneDirectory) -> None:
         self.store = store
         self.directory = directory
+        # The directory takes the changes in the order Redis took them, although a large one
+        # waits for its covers in a thread: each change queues here (FIFO) right after its
+        # Redis write, with no await in between.
+        self._in_order = asyncio.Lock()
 
     async def put(self, tenant_id: str, zone: Zone, shape: ZoneShape) -> bool:
         # Shielded: a write a cancelled request began is finished whole (see the module doc).
@@ -457,7 +516,8 @@ class Zones:
             keys.zones(tenant_id),
             {zone.zone_id: zone.pack()},
         )
-        self.directory.apply(tenant_id, zone, shape)
+        async with self._in_order:
+            self.directory.apply(tenant_id, zone, shape)
         await changes.publish(self.store.redis, "zone", tenant_id, zone.zone_id)
         return bool(added)
 
@@ -479,7 +539,8 @@ class Zones:
             keys.zones(tenant_id),
             {z.zone_id: z.pack() for z, _ in items},
         )
-        self.directory.apply_many(tenant_id, items)
+        async with self._in_order:
+            await self.directory.apply_many_beside(tenant_id, items)
         ids = [z.zone_id for z, _ in items]
         for start in range(0, len(ids), FEED_IDS_PER_ENTRY):
             chunk = ",".join(ids[start : start + FEED_IDS_PER_ENTRY])
@@ -502,7 +563,8 @@ class Zones:
         )
         if not removed:
             raise NotFound(f"zone {zone_id!r} does not exist")
-        self.directory.remove(tenant_id, zone_id)
+        async with self._in_order:
+            self.directory.remove(tenant_id, zone_id)
         await changes.publish(self.store.redis, "zone", tenant_id, zone_id)
 
     async def page(
@@ -514,17 +576,22 @@ class Zones:
         return [Zone.unpack(zone_id, raw) for zone_id, raw in found], next_cursor
 
     async def load_tenant(self, tenant_id: str) -> int:
-        """Rebuild one tenant's directory entry from Redis (start-up and resynchronisation)."""
-        items: list[tuple[Zone, ZoneShape]] = []
-        async for zone_id, raw in self.store.redis.hscan_iter(keys.zones(tenant_id), count=1000):
-            zone = Zone.unpack(zone_id.decode(), raw)
-            items.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
-        previous = self.directory.tenants.get(tenant_id)
-        fresh = TenantZones(previous.exit_margin_m if previous else DEFAULT_EXIT_MARGIN_M)
-        fresh.put_many(items)
-        # Swap the whole tenant at once: lookups see the old or the new set, never a mix.
-        self.directory.tenants[tenant_id] = fresh
-        return len(items)
+        """Rebuild one tenant's directory entry from Redis (start-up and resynchronisation).
+        The new entry is built in a thread (seconds for 10^5 zones) while the old one serves;
+        changes wait meanwhile, so none lands in the old entry and is lost with it."""
+        async with self._in_order:
+            items: list[tuple[Zone, ZoneShape]] = []
+            async for zone_id, raw in self.store.redis.hscan_iter(
+                keys.zones(tenant_id), count=1000
+            ):
+                zone = Zone.unpack(zone_id.decode(), raw)
+                items.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
+            previous = self.directory.tenants.get(tenant_id)
+            fresh = TenantZones(previous.exit_margin_m if previous else DEFAULT_EXIT_MARGIN_M)
+            await asyncio.get_running_loop().run_in_executor(None, fresh.put_many, items)
+            # Swap the whole tenant at once: lookups see the old or the new set, never a mix.
+            self.directory.tenants[tenant_id] = fresh
+            return len(items)
 
     async def refresh(self, tenant_id: str, zone_ids: Iterable[str]) -> None:
         """Apply a change-feed entry: re-read the named zones, skipping what we wrote ourselves."""
@@ -532,19 +599,18 @@ class Zones:
         if not ids:
             return
         records = await self.store.redis.hmget(keys.zones(tenant_id), ids)
-        changed: list[tuple[Zone, ZoneShape]] = []
-        for zone_id, raw in zip(ids, records, strict=True):
-            if raw is None:
-                self.directory.remove(tenant_id, zone_id)
-                continue
-            zone = Zone.unpack(zone_id, raw)
-            if self.directory.version(tenant_id, zone_id) == zone.version:
-                continue
-            changed.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
-        if len(changed) == 1:
-            self.directory.apply(tenant_id, *changed[0])
-        elif changed:
-            self.directory.apply_many(tenant_id, changed)
+        async with self._in_order:
+            changed: list[tuple[Zone, ZoneShape]] = []
+            for zone_id, raw in zip(ids, records, strict=True):
+                if raw is None:
+                    self.directory.remove(tenant_id, zone_id)
+                    continue
+                zone = Zone.unpack(zone_id, raw)
+                if self.directory.version(tenant_id, zone_id) == zone.version:
+                    continue
+                changed.append((zone, shape_from_geojson(zone.geometry, zone.radius_m)))
+            if changed:
+                await self.directory.apply_many_beside(tenant_id, changed)
 
     async def apply_change(self, change: changes.Change) -> None:
         if change.kind == "zone":

@@ -4,8 +4,9 @@ A directory of `--zones` circles (as `loadtest.bench_margin` builds it, heap fro
 service does), then `--chunks` imports of `--chunk-size` new circles, applied on the event loop
 as a worker applies `POST /v1/zones/import` (the one that took the request and every other, from
 the change feed), while the loop ticks every millisecond. Two ways, alternating by round: the
-index's table rebuilds (merges) run in the call that calls for them ("in-call", how every import
-was applied before), or in a thread beside the loop ("thread", zones._merge_beside). Prints, per
+new zones' covers and the index's table rebuilds (merges) computed in the call ("in-call", how
+every import was applied before), or in threads beside the loop ("thread":
+ZoneDirectory.apply_many_beside, zones._merge_beside). Prints, per
 way, medians over the rounds: the loop's longest pause, the p99 of its 1 ms ticks, and the time
 until the last merge has landed.
 """
@@ -73,7 +74,10 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
     ticker = asyncio.ensure_future(tick())
     await asyncio.sleep(0.1)
     for chunk in chunks:
-        directory.apply_many(TENANT, chunk)
+        if way == "in-call":
+            directory.apply_many(TENANT, chunk)
+        else:
+            await directory.apply_many_beside(TENANT, chunk)
         await asyncio.sleep(0.2)  # the next request of the import
     applied = time.perf_counter()
     for _ in range(12_000):  # a minute at most

@@ -13,9 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoservice import index as index_module
+from geoservice import keys
 from geoservice import zones as zones_module
 from geoservice.index import Circle, ZoneShape
-from geoservice.zones import TenantZones, Zone, ZoneDirectory, distance_outside_m
+from geoservice.store import Store
+from geoservice.zones import (
+    TenantZones,
+    Zone,
+    ZoneDirectory,
+    ZoneDraft,
+    Zones,
+    build_zone,
+    distance_outside_m,
+)
 from tests.geo_reference import brute, destination, haversine_m
 
 CENTRE = (47.37, 8.54)
@@ -189,3 +199,59 @@ async def test_a_large_tenants_index_merges_beside_the_event_loop(monkeypatch) -
             lat, lon = _offset(*CENTRE, metres, bearing)
             inside, _ = directory.locate("t", lat, lon, tenant.exit_margin_m)
             assert {z.zone_id for z in inside} == brute(shapes, lat, lon)
+
+
+def _circle_zone(zone_id: str, lat: float, lon: float, radius_m: float) -> tuple[Zone, Circle]:
+    draft = ZoneDraft(
+        zone_id, zone_id, {"type": "Point", "coordinates": [lon, lat]}, radius_m,
+        None, "UTC", None, None, None,
+    )  # fmt: skip
+    zone, shape = build_zone(draft, 0)
+    assert isinstance(shape, Circle)
+    return zone, shape
+
+
+async def test_a_large_change_is_covered_in_a_thread_and_lands_in_redis_order(
+    settings, redis, monkeypatch
+) -> None:
+    """An import's covers are computed in a thread; a zone written to Redis after the import
+    but applied while those covers are computed must not be overwritten by the import's older
+    version when it lands: the directory ends as Redis is."""
+    monkeypatch.setattr(zones_module, "BACKGROUND_APPLY_ZONES", 2)
+    prepared_in: dict[int, int] = {}  # zones -> thread
+    preparing, go_on = threading.Event(), threading.Event()
+    prepare = TenantZones.prepare
+
+    def recorded_prepare(tenant: TenantZones, items: list) -> object:
+        prepared_in[len(items)] = threading.get_ident()
+        if len(items) > 1:  # the import: held until the later write has arrived
+            preparing.set()
+            assert go_on.wait(10)
+        return prepare(tenant, items)
+
+    monkeypatch.setattr(TenantZones, "prepare", recorded_prepare)
+    store = Store.open(settings)
+    directory = ZoneDirectory()
+    zones = Zones(store, directory)
+    imported = [
+        _circle_zone(f"z{i}", *_offset(*CENTRE, 500.0 * i, 90.0), 100.0) for i in range(300)
+    ]
+    importing = asyncio.ensure_future(zones.put_many("t", imported))
+    for _ in range(1000):  # until the import is in Redis and its covers are being computed
+        if preparing.is_set():
+            break
+        await asyncio.sleep(0.005)
+    moved, moved_shape = _circle_zone("z0", *_offset(*CENTRE, 3000.0, 0.0), 100.0)
+    putting = asyncio.ensure_future(zones.put("t", moved, moved_shape))
+    await asyncio.sleep(0.1)  # Redis takes it after the import; its apply arrives meanwhile
+    go_on.set()
+    await asyncio.gather(importing, putting)
+    assert prepared_in[300] != threading.get_ident()  # the import's covers, in a thread
+    assert prepared_in[1] == threading.get_ident()  # one zone: at once
+    stored = Zone.unpack("z0", await redis.hget(keys.zones("t"), "z0"))
+    assert stored.version == moved.version
+    assert directory.version("t", "z0") == moved.version
+    assert [z.zone_id for z in directory.lookup("t", *_offset(*CENTRE, 3000.0, 0.0))] == ["z0"]
+    assert directory.lookup("t", *CENTRE) == []
+    assert {z.zone_id for z in directory.lookup("t", *_offset(*CENTRE, 1000.0, 90.0))} == {"z2"}
+    await store.close()
