@@ -828,10 +828,11 @@ class MergeJob:
 class ZoneIndex:
     """Zones of one tenant.
 
-    Threading: not thread-safe; call everything from one thread (the event loop). Every
-    method is synchronous, and a put computes the whole cover before it touches any visible
-    state, so a lookup sees the old or the new zone, never a partial cover, and a failed put
-    (ZoneTooLargeError, invalid circle) changes nothing.
+    Threading: not thread-safe; call everything from one thread (the event loop), except
+    `prepare_many` and `MergeJob.build`, which read nothing the index changes and may run in
+    another thread meanwhile. Every method is synchronous, and a put computes the whole cover
+    before it touches any visible state, so a lookup sees the old or the new zone, never a
+    partial cover, and a failed put (ZoneTooLargeError, invalid circle) changes nothing.
 
     Liveness: column 3 of a slot's row in _circ (the squared chord radius of a circle, 0 for
     a polygon) is negative while the slot is not live: -1 - value from its creation until
