@@ -68,6 +68,8 @@ class FenceOutcome:
     events: list[FenceEvent] = field(default_factory=list)
     stale: list[int] = field(default_factory=list)
     marketing_consent: bool = False
+    # The customer named is to be linked to the device: new to it, or its link not yet
+    # confirmed written (confirm_link), so a link lost to a failed write is tried again.
     new_customer_link: bool = False
     retry_after_ms: int = 0
     flows: list[Flow] = field(default_factory=list)
@@ -122,3 +124,8 @@ async def advance(
         new_customer_link=bool(new_customer),
         flows=[Flow(f[0], f[1], float(f[2]), int(f[3])) for f in flows or []],
     )
+
+
+async def confirm_link(store: Store, device: str, customer_id: str) -> None:
+    """The customer's link to the device is written: its pings stop asking for it."""
+    await store.run_script("confirm_link", [keys.device_state(device)], [customer_id])

@@ -199,7 +199,9 @@ class Pings:
         )
         if batch.customer_id is None or not outcome.new_customer_link:
             return PingOutcome(events, await decision, ignored)
-        # The link is what erasure follows from the customer to the device: waited for.
+        # The link is what erasure follows from the customer to the device: waited for, and
+        # confirmed to the device's state after the answer (until then every ping asks again).
         link = self.customers.link_device(tenant.tenant_id, batch.customer_id, device)
         offers, _ = await asyncio.gather(decision, link)
+        await self.store.write_behind(fences.confirm_link(self.store, device, batch.customer_id))
         return PingOutcome(events, offers, ignored)

@@ -52,6 +52,7 @@ RedisClient = Any
 SCRIPT_NAMES = (
     "create_tenant",
     "fence",
+    "confirm_link",
     "issue_offer",
     "reserve_budget",
     "redeem",

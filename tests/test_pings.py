@@ -9,7 +9,10 @@ import time
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from geoservice import keys
+from geoservice.customers import Customers
 from geoservice.http.state import ZONES
 from tests.conftest import AppClientFactory, TenantFactory, TenantKeys
 
@@ -385,3 +388,41 @@ async def test_event_stream_keeps_no_entry_older_than_a_day(fast_client, shop, r
     entries = await redis.xrange("geo:events:{t:acme}")
     assert [fields[b"device"] for _, fields in entries if fields[b"device"] == b"old"] == []
     assert len(entries) == 1
+
+
+async def test_a_lost_customer_link_is_written_by_the_next_ping(
+    fast_client, shop, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    """Erasure finds a customer's devices through the link a ping writes. When that write
+    fails the ping answers 503, and the next ping writes it (the device's state already
+    names the customer); once the link is confirmed, pings stop writing it."""
+    written: list[str] = []
+    link_device = Customers.link_device
+
+    async def failing_once(self, tenant_id: str, customer_id: str, device: str) -> None:
+        written.append(device)
+        if len(written) == 1:
+            raise RedisConnectionError("connection lost under the write")
+        await link_device(self, tenant_id, customer_id, device)
+
+    monkeypatch.setattr(Customers, "link_device", failing_once)
+    devices = keys.customer_devices(shop.tenant_id, "c-1")
+    t0 = base_ts()
+    status, _ = await post(fast_client, shop, [fix(north(500), t0)], customer_id="c-1")
+    assert status == 503
+    assert await redis.scard(devices) == 0
+    status, _ = await post(fast_client, shop, [fix(north(500), t0 + 1000)], customer_id="c-1")
+    assert status == 200
+    assert len(written) == 2
+    [device] = await redis.smembers(devices)
+    state = keys.device_state(device.decode())
+    for _ in range(200):  # the confirmation is written after the answer
+        if await redis.hget(state, "linked") == b"c-1":
+            break
+        await asyncio.sleep(0.01)
+    assert await redis.hget(state, "linked") == b"c-1"
+    status, _ = await post(fast_client, shop, [fix(north(500), t0 + 2000)], customer_id="c-1")
+    assert status == 200
+    assert len(written) == 2  # confirmed: not written again
+    status, _ = await post(fast_client, shop, [fix(north(500), t0 + 3000)], customer_id="c-2")
+    assert len(written) == 3  # another customer on the device: its link is written

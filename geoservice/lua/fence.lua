@@ -3,7 +3,8 @@
 -- serialised here, so an event is never fired twice.
 --
 -- KEYS[1] device state (hash, TTL 24 h): last_ts, cust, z:<zone_id> = "<entered_ts>|<dwelled 0/1>",
---   last_exit = "<ts>|<zone_id>" (for zone-to-zone flows; nothing older than the state's TTL)
+--   last_exit = "<ts>|<zone_id>" (for zone-to-zone flows; nothing older than the state's TTL),
+--   linked = the customer whose device link is confirmed written (confirm_link.lua)
 -- KEYS[2] device consent record (hash): loc, mkt, at, src
 -- KEYS[3] device rate-limit bucket (hash, short TTL): tokens, at
 -- ARGV[1] msgpack map:
@@ -51,6 +52,7 @@ local marketing = (consent[2] == '1') and 1 or 0
 local flat = redis.call('HGETALL', KEYS[1])
 local last_ts = -1
 local previous_customer = false
+local linked_customer = false
 local last_exit_ts, last_exit_zone = nil, nil
 local FLOW_WINDOW_MS = 3600000
 local inside = {}   -- zone_id -> {entered_ts, dwelled}
@@ -60,6 +62,8 @@ for i = 1, #flat, 2 do
     last_ts = tonumber(value)
   elseif name == 'cust' then
     previous_customer = value
+  elseif name == 'linked' then
+    linked_customer = value
   elseif name == 'last_exit' then
     local sep = string.find(value, '|', 1, true)
     last_exit_ts, last_exit_zone = tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)
@@ -132,10 +136,14 @@ for z in pairs(changed) do
   writes[#writes + 1] = 'z:' .. z
   writes[#writes + 1] = string.format('%d|%s', inside[z][1], inside[z][2])
 end
+-- new_customer: the service is to write the customer's link to this device, until it confirms
+-- that it did (a link lost to a failed write is written again by the next ping).
 local new_customer = 0
 if req.customer and req.customer ~= previous_customer then
   writes[#writes + 1] = 'cust'
   writes[#writes + 1] = req.customer
+  new_customer = 1
+elseif req.customer and req.customer ~= linked_customer then
   new_customer = 1
 end
 redis.call('HSET', KEYS[1], unpack(writes))
