@@ -1,4 +1,5 @@
-"""Automatic pipelining of the hot path's script calls to a standalone Redis.
+"""Automatic pipelining of the hot path's script calls to a Redis: the standalone one, or each
+primary of a Redis Cluster.
 
 Every ping runs one script. Through redis-py's pooled client each call borrows a connection,
 writes, waits and parses on its own: about 55 us of this process's CPU per call (measured,
@@ -8,7 +9,9 @@ out in a single write, Redis answers them in order, and hiredis parses the repli
 (about 3 us per call under the same load, 11 us alone). Redis executes commands of one
 connection in order, so pipelining changes neither what a script sees nor its atomicity.
 
-Not used for a Redis Cluster (redis-py routes by slot there) nor over TLS; those keep redis-py.
+On a Redis Cluster the scripts go through one pipeline per primary, chosen by the slot of their
+keys (Store._run_on_primary); a redirection or a failover hands them back to redis-py's cluster
+client, and the other commands (batches, reads) keep it. Not used over TLS.
 """
 
 from __future__ import annotations

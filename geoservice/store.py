@@ -1,8 +1,9 @@
 """The Redis connection: one client per process, standalone or cluster, and the Lua scripts.
 
 Scripts live as `.lua` files beside this module; they are registered once and called by SHA
-(loaded again when a server restarted empty). On a standalone Redis the scripts go through the
-automatic pipeline (autopipeline.py), everything else through redis-py.
+(loaded again when a server restarted empty). The scripts go through the automatic pipeline
+(autopipeline.py): the standalone Redis's, or on a cluster the one of the primary holding their
+keys; everything else through redis-py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
@@ -34,6 +35,7 @@ from redis.exceptions import (
     ConnectionError,
     NoScriptError,
     RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TimeoutError,
 )
@@ -44,6 +46,7 @@ from geoservice.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NOT_RUN = object()  # Store._run_on_primary: the script did not run, redis-py is to send it
 
 # redis-py's annotations cannot know that replies are bytes (decode_responses=False) and type
 # every reply as bytes | str; the service treats the client as untyped and decodes at each use.
@@ -80,6 +83,9 @@ REPEAT_PAUSE_S = 0.05
 # The cluster client's per-node pool does not wait for a free connection, it fails at once:
 # room for every request in flight (one command each at a time) and the background tasks.
 SPARE_CONNECTIONS = 32
+# Error replies from a cluster node meaning the script did not run there and redis-py's client,
+# which follows redirections and waits out a failover, is to send it (Store._run_on_primary).
+NOT_RUN_HERE = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 # Writes after the answer (Store.write_behind) that may be pending at once; past this, a request
 # waits for its own, so a slow Redis slows the requests instead of growing this process.
 MAX_PENDING_WRITES = 1_000
@@ -265,6 +271,11 @@ class Store:
     scripts: dict[str, AsyncScript] = field(default_factory=dict)
     pipeline: AutoPipeline | None = None
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
+    # On a Redis Cluster over plain TCP: one automatic pipeline per primary for the scripts,
+    # opened on first use (`primary_url` gives each one's address with the credentials).
+    primary_pipelines: dict[str, AutoPipeline] | None = None
+    primary_url: str = ""
+    timeout_s: float = 1.0
 
     @classmethod
     def open(cls, settings: Settings, url: str | None = None) -> Store:
@@ -273,11 +284,24 @@ class Store:
         store = cls(redis)
         for name in SCRIPT_NAMES:
             store.scripts[name] = redis.register_script(load_script_source(name))
+        store.timeout_s = settings.redis_timeout_ms / 1000
         if url is not None and autopipeline.supports(url):
-            store.pipeline = AutoPipeline(url, settings.redis_timeout_ms / 1000)
+            store.pipeline = AutoPipeline(url, store.timeout_s)
+        elif url is not None and url.startswith("redis+cluster://"):
+            parts = urlsplit(url)
+            credentials = ""
+            if parts.password:
+                user = quote(parts.username or "", safe="")
+                credentials = f"{user}:{quote(parts.password, safe='')}@"
+            store.primary_url = f"redis://{credentials}{{host}}:{{port}}"
+            store.primary_pipelines = {}
         return store
 
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self.primary_pipelines is not None:
+            reply = await self._run_on_primary(name, keys, args)
+            if reply is not NOT_RUN:
+                return reply
         if self.pipeline is not None:
             script = self.scripts[name]
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -295,6 +319,43 @@ class Store:
             log.info("redis cluster: script %s failed (%r); once more", name, exc)
             await asyncio.sleep(REPEAT_PAUSE_S)
             return await self.scripts[name](keys=keys, args=args)
+
+    async def _run_on_primary(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """The script through the automatic pipeline of the primary that holds its keys (one
+        slot: they share a hash tag), as on a standalone Redis. NOT_RUN when it did not run
+        there and redis-py's cluster client is to send it instead: a redirection (the slot
+        moved), a cluster failing over, or a lost connection for a script that may be sent
+        twice; a lost connection for any other script is the store not answering (503)."""
+        try:
+            node = self.redis.get_node_from_key(keys[0])
+        except SlotNotCoveredError:
+            return NOT_RUN  # redis-py refreshes the topology, or reports the cluster down
+        assert self.primary_pipelines is not None
+        pipeline = self.primary_pipelines.get(node.name)
+        if pipeline is None:
+            url = self.primary_url.format(host=node.host, port=node.port)
+            pipeline = self.primary_pipelines[node.name] = AutoPipeline(url, self.timeout_s)
+        script = self.scripts[name]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                return await pipeline.execute(*command)
+            except NoScriptError:
+                # A new primary (a promoted replica, a node added) has not seen the script.
+                await self.redis.script_load(script.script)
+                return await pipeline.execute(*command)
+        except ResponseError as exc:
+            # (NOSCRIPT again: the topology redis-py loaded it by is behind; it loads it too)
+            if isinstance(exc, NoScriptError) or str(exc).startswith(NOT_RUN_HERE):
+                return NOT_RUN
+            raise
+        except (ConnectionError, TimeoutError):
+            # As redis-py does on a lost connection: its next command re-reads the topology
+            # (there is no public call for it).
+            self.redis._initialize = True
+            if name in REPEATABLE_SCRIPTS:
+                return NOT_RUN
+            raise
 
     def batch(self, transaction: bool = False) -> Any:
         """Commands sent in one go (`async with store.batch() as pipe`, then `pipe.execute()`):
@@ -335,4 +396,6 @@ class Store:
             await asyncio.gather(*self.pending_writes, return_exceptions=True)
         if self.pipeline is not None:
             await self.pipeline.close()
+        for pipeline in (self.primary_pipelines or {}).values():
+            await pipeline.close()
         await self.redis.aclose()

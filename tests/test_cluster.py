@@ -244,6 +244,55 @@ async def test_ping_event_offer_redemption_across_two_instances(
     assert int(await raw.get(keys.offer_budget(TENANT, "welcome"))) == 1
 
 
+async def test_scripts_go_through_the_pipeline_of_their_primary_and_follow_a_moved_slot(
+    make_client: AppClientFactory, cluster: RedisClusterHarness, raw: RedisCluster
+):
+    """On a cluster the scripts go through one automatic pipeline per primary, the one that
+    holds their keys. When the client's map of the slots is wrong (a slot moved), the primary
+    it picked refuses with MOVED, nothing ran there, and redis-py's client sends the script
+    where the slot is: the answer is as if nothing had happened."""
+    first, second = await two_instances(make_client, cluster)
+    shop = await shop_on(first, second, {})
+    store = second.app[STORE]
+    primaries = {n.name for n in store.redis.get_primaries()}
+    sent: Counter[str] = Counter()
+    t0 = now_ms()
+    for i in range(12):  # devices on every primary (their keys spread over the slots)
+        response = await second.post(
+            "/v1/pings", json=ping_body(f"d-{i}", f"c-{i}", STORES[0], t0), headers=shop.sdk
+        )
+        assert response.status == 200, await response.text()
+        assert [e["type"] for e in (await response.json())["events"]] == ["enter"]
+    assert set(store.primary_pipelines) == primaries  # one per primary, each used
+
+    # The client's slot map points every key at the wrong primary.
+    right = store.redis.get_node_from_key
+    wrong_of = {n: sorted(primaries - {n})[0] for n in primaries}
+
+    def wrong(key: str, replica: bool = False) -> ClusterNode:
+        node = right(key, replica)
+        sent[node.name] += 1
+        return store.redis.get_node(node_name=wrong_of[node.name])
+
+    store.redis.get_node_from_key = wrong
+    try:
+        for i in range(12):
+            response = await second.post(
+                "/v1/pings",
+                json=ping_body(f"d-{i}", f"c-{i}", STORES[1], t0 + 60_000),
+                headers=shop.sdk,
+            )
+            assert response.status == 200, await response.text()
+            events = [(e["type"], e["zone_id"]) for e in (await response.json())["events"]]
+            assert events == [("exit", "z0"), ("enter", "z1")]
+    finally:
+        del store.redis.get_node_from_key
+    assert sum(sent.values()) >= 12  # every fence script was first sent to the wrong primary
+    for i in range(12):  # and ran once, where its keys are: the state moved on
+        device = device_pseudonym(PSEUDONYM_KEY, TENANT, f"d-{i}")
+        assert set(await raw.hkeys(keys.device_state(device))) >= {b"z:z1"}
+
+
 async def test_zone_changes_reach_the_other_instance_within_a_second(
     make_client: AppClientFactory, cluster: RedisClusterHarness
 ):
