@@ -26,7 +26,7 @@ from geoservice import index as index_module
 from geoservice.index import Circle
 from geoservice.server import event_loop_factory
 from geoservice.zones import Zone, ZoneDirectory
-from loadtest.bench_margin import TENANT, directory_of
+from loadtest.bench_margin import TENANT, LoopTicker, directory_of
 
 DEFERRED_MERGE_MIN_ENTRIES = index_module.DEFERRED_MERGE_MIN_ENTRIES
 
@@ -60,18 +60,7 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
         ]
         for c in range(args.chunks)
     ]
-    ticks: list[float] = []
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            ticks.append(now - last)
-            last = now
-
-    ticker = asyncio.ensure_future(tick())
+    ticker = LoopTicker()
     await asyncio.sleep(0.1)
     for chunk in chunks:
         if way == "in-call":
@@ -85,12 +74,10 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
             break
         await asyncio.sleep(0.005)
     merged_after_s = time.perf_counter() - applied
-    done.set()
-    await ticker
+    longest_ms, p99_ms = await ticker.stop()
     del directory
     gc.unfreeze()  # the next round builds its own
-    ticks.sort()
-    return Round(way, ticks[-1] * 1000, ticks[int(len(ticks) * 0.99)] * 1000, merged_after_s)
+    return Round(way, longest_ms, p99_ms, merged_after_s)
 
 
 async def run(args: argparse.Namespace) -> list[Round]:

@@ -57,43 +57,44 @@ def directory_of(zone_count: int, seed: int) -> ZoneDirectory:
     return directory
 
 
-async def one_round(directory: ZoneDirectory, way: str, margin_m: float) -> Round:
-    zones_module.BACKGROUND_REGROW_ZONES = 10**12 if way == "on-loop" else 2_000
-    ticks: list[float] = []
-    lookups = 0
-    done = asyncio.Event()
+class LoopTicker:
+    """A task that wakes every millisecond on the event loop: the gaps between its wake-ups
+    are the loop's pauses (what every request of a worker would wait)."""
 
-    async def tick() -> None:
+    def __init__(self) -> None:
+        self.gaps_ms: list[float] = []
+        self._done = asyncio.Event()
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
         last = time.perf_counter()
-        while not done.is_set():
+        while not self._done.is_set():
             await asyncio.sleep(0.001)
             now = time.perf_counter()
-            ticks.append(now - last)
+            self.gaps_ms.append((now - last) * 1000)
             last = now
 
-    async def ping() -> None:
-        nonlocal lookups
-        while not done.is_set():
-            directory.locate(TENANT, *PROBE, margin_m)
-            lookups += 1
-            if directory.tenants[TENANT].exit_margin_m == margin_m:
-                done.set()
-            await asyncio.sleep(0.001)
+    async def stop(self) -> tuple[float, float]:
+        """(longest gap, p99 of the gaps) in ms."""
+        self._done.set()
+        await self._task
+        gaps = sorted(self.gaps_ms)
+        return gaps[-1], gaps[int(len(gaps) * 0.99)]
 
-    ticker = asyncio.ensure_future(tick())
+
+async def one_round(directory: ZoneDirectory, way: str, margin_m: float) -> Round:
+    zones_module.BACKGROUND_REGROW_ZONES = 10**12 if way == "on-loop" else 2_000
+    lookups = 0
+    ticker = LoopTicker()
     await asyncio.sleep(0.1)
     started = time.perf_counter()
-    await ping()
+    while directory.tenants[TENANT].exit_margin_m != margin_m:
+        directory.locate(TENANT, *PROBE, margin_m)  # the ping that asks for the new margin
+        lookups += 1
+        await asyncio.sleep(0.001)
     in_use_after_s = time.perf_counter() - started
-    await ticker
-    ticks.sort()
-    return Round(
-        way,
-        ticks[-1] * 1000,
-        ticks[int(len(ticks) * 0.99)] * 1000,
-        in_use_after_s,
-        lookups,
-    )
+    longest_ms, p99_ms = await ticker.stop()
+    return Round(way, longest_ms, p99_ms, in_use_after_s, lookups)
 
 
 async def run(args: argparse.Namespace) -> list[Round]:
