@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from geoservice.embedded_redis import EmbeddedRedis
 from geoservice.settings import Settings
 
 log = logging.getLogger("geoservice")
+# Python's default is 5 ms: each turn of a worker's event loop would wait that long for the GIL
+# while a thread works beside it (python -m loadtest.bench_import --live).
+SWITCH_INTERVAL_S = 0.001
 
 
 def configure_logging(level: str, worker_index: int | None = None) -> None:
@@ -78,6 +82,9 @@ def run_worker(settings: Settings, worker_index: int | None = None) -> None:
     configure_logging(settings.log_level, worker_index)
     if worker_index is not None:
         settings = replace(settings, instance_id=f"{settings.instance_id}-{worker_index}")
+    # Threads beside the event loop (an import's validation and covers, index rebuilds) hold
+    # the GIL for up to this long before the loop gets it back, at every turn of the loop.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve_app(settings))
 

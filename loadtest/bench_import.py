@@ -9,6 +9,12 @@ every import was applied before), or in threads beside the loop ("thread":
 ZoneDirectory.apply_many_beside, zones._merge_beside). Prints, per
 way, medians over the rounds: the loop's longest pause, the p99 of its 1 ms ticks, and the time
 until the last merge has landed.
+
+`--live`: the same end to end instead. The service (`geoservice serve --workers 2`, its own
+Redis) gets `--zones` circles through `POST /v1/zones/import`, then `--chunks` imports of
+`--chunk-size` more while a client sends `--ping-rate` single pings a second (devices far from
+every zone: the one-round-trip path). Prints the pings' p50, p99 and longest time before and
+during the imports (HdrHistogram-free: every latency is kept), and what the imports took.
 """
 
 from __future__ import annotations
@@ -16,17 +22,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from geoservice import index as index_module
 from geoservice.index import Circle
 from geoservice.server import event_loop_factory
 from geoservice.zones import Zone, ZoneDirectory
 from loadtest.bench_margin import TENANT, LoopTicker, directory_of
+from loadtest.bench_pings import create_tenant
+from loadtest.deployment import Deployment
 
 DEFERRED_MERGE_MIN_ENTRIES = index_module.DEFERRED_MERGE_MIN_ENTRIES
 
@@ -80,6 +94,121 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
     return Round(way, longest_ms, p99_ms, merged_after_s)
 
 
+def circle_features(prefix: str, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "Feature",
+            "id": f"{prefix}{i}",
+            "geometry": {
+                "type": "Point",
+                "coordinates": [8 + rng.uniform(-1.5, 1.5), 47 + rng.uniform(-1, 1)],
+            },
+            "properties": {"name": f"{prefix}{i}", "radius_m": round(rng.uniform(50, 500), 1)},
+        }
+        for i in range(count)
+    ]
+
+
+async def live(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="geoservice-bench-import-") as folder:
+        deployment = Deployment(
+            workers=2, instances=1, cluster=False, log_stem=Path(folder) / "bench-import"
+        )
+        deployment.start()
+        try:
+            await deployment.ready()
+            await live_run(args, deployment.base_urls[0], deployment.token)
+        finally:
+            deployment.stop()
+
+
+async def live_run(args: argparse.Namespace, base_url: str, token: str) -> None:
+    rng = random.Random(args.seed)
+    async with aiohttp.ClientSession() as session:
+        tenant = await create_tenant(session, base_url, token)
+        secret = {"Authorization": f"Bearer {tenant['secret_key']}"}
+        sdk = {"Authorization": f"Bearer {tenant['sdk_key']}"}
+
+        retried = 0
+
+        async def import_chunk(features: list[dict[str, Any]]) -> float:
+            """Seconds until it is in; a 503 is sent again, as a client would (create or
+            replace: idempotent)."""
+            nonlocal retried
+            started = time.perf_counter()
+            body = {"type": "FeatureCollection", "features": features}
+            for _ in range(5):
+                async with session.post(
+                    f"{base_url}/v1/zones/import", json=body, headers=secret
+                ) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - started
+                    assert response.status == 503, await response.text()
+                retried += 1
+                await asyncio.sleep(1)
+            raise RuntimeError("an import failed five times")
+
+        for start in range(0, args.zones, 10_000):
+            await import_chunk(circle_features(f"z{start}-", min(10_000, args.zones - start), rng))
+        await asyncio.sleep(20)  # the other worker applies them from the change feed
+        latencies: dict[str, list[float]] = {"before": [], "during": []}
+        phase = "before"
+
+        async def one_ping(device: int) -> None:
+            body = {
+                "device_id": f"far-{device}",
+                "consent": {"location": True},
+                "pings": [
+                    {"lat": -45.0, "lon": -120.0, "accuracy_m": 10, "ts": int(time.time() * 1000)}
+                ],
+            }
+            started = time.perf_counter()
+            async with session.post(f"{base_url}/v1/pings", json=body, headers=sdk) as response:
+                await response.read()
+                ok = response.status == 200
+            latencies[phase].append((time.perf_counter() - started) * 1000 if ok else math.inf)
+
+        pinging = True
+
+        async def pinger() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            device = 0
+            started = time.perf_counter()
+            while pinging:
+                device += 1
+                task = asyncio.ensure_future(one_ping(device % 5_000))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                await asyncio.sleep(
+                    max(0.0, started + device / args.ping_rate - time.perf_counter())
+                )
+            await asyncio.gather(*tasks)
+
+        pings = asyncio.ensure_future(pinger())
+        await asyncio.sleep(5)
+        phase = "during"
+        took = [
+            await import_chunk(circle_features(f"new{c}-", args.chunk_size, rng))
+            for c in range(args.chunks)
+        ]
+        await asyncio.sleep(2)  # the change feed's applies in the other worker
+        pinging = False
+        await pings
+    print(
+        f"{args.zones} circles, then {args.chunks} x {args.chunk_size} more through the API; "
+        f"imports took {', '.join(f'{t:.2f}' for t in took)} s ({retried} answered 503 and were"
+        " sent again)"
+    )
+    for name, values in latencies.items():
+        values.sort()
+        failed = sum(1 for v in values if v == math.inf)
+        print(
+            f"  pings {name:6} {len(values):5}  p50 {values[len(values) // 2]:7.1f} ms"
+            f"  p99 {values[int(len(values) * 0.99)]:7.1f} ms  longest {values[-1]:7.1f} ms"
+            f"  failed {failed}"
+        )
+
+
 async def run(args: argparse.Namespace) -> list[Round]:
     rounds: list[Round] = []
     for r in range(args.rounds):
@@ -95,7 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--live", action="store_true", help="end to end, through the API")
+    parser.add_argument("--ping-rate", type=float, default=200.0)
     args = parser.parse_args(argv)
+    if args.live:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(live(args))
+        return 0
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         rounds = runner.run(run(args))
     print(
