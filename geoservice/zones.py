@@ -236,6 +236,8 @@ BACKGROUND_REGROW_ZONES = 2_000
 # From this many zones in one change (an import's request, a change-feed entry of one), their
 # covers are computed in a thread (ZoneDirectory.apply_many_beside); below, at once (~1 ms).
 BACKGROUND_APPLY_ZONES = 50
+# ... and they are applied this many at a time, one turn of the event loop apart (~20 ms each).
+APPLY_STEP_ZONES = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,19 +401,26 @@ class ZoneDirectory:
 
     async def apply_many_beside(self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]) -> None:
         """apply_many, with a large batch's covers computed in a thread (an import's 10,000
-        zones: ~0.5 s of work that would hold up every request of the worker). The change
-        lands at once, after them; callers keep their changes in order (Zones does)."""
+        zones: ~0.5 s of work that would hold up every request of the worker). It lands after
+        them in steps of APPLY_STEP_ZONES, a turn of the event loop apart (committing 10,000
+        zones at once holds the loop for ~0.1 s); callers keep their changes in order (Zones
+        does)."""
         loop = asyncio.get_running_loop()
         if len(items) < BACKGROUND_APPLY_ZONES:
             self.apply_many(tenant_id, items)
             return
         tenant = self.tenants.setdefault(tenant_id, TenantZones())
-        change = await loop.run_in_executor(None, tenant.prepare, items)
-        # the tenant's object now: a new exit margin replaces it (sharing the zone index)
-        tenant = self.tenants.setdefault(tenant_id, TenantZones())
-        _defer_merges(tenant, loop)
-        tenant.commit(change)
-        _merge_beside(tenant, loop)
+        steps = [items[i : i + APPLY_STEP_ZONES] for i in range(0, len(items), APPLY_STEP_ZONES)]
+        prepare = tenant.prepare
+        changes = await loop.run_in_executor(None, lambda: [prepare(step) for step in steps])
+        for number, change in enumerate(changes):
+            if number:
+                await asyncio.sleep(0)  # the requests waiting meanwhile go first
+            # the tenant's object now: a new exit margin replaces it (sharing the zone index)
+            tenant = self.tenants.setdefault(tenant_id, TenantZones())
+            _defer_merges(tenant, loop)
+            tenant.commit(change)
+            _merge_beside(tenant, loop)
 
     def remove(self, tenant_id: str, zone_id: str) -> None:
         tenant = self.tenants.get(tenant_id)
