@@ -78,15 +78,20 @@ async def serve_app(settings: Settings, *, started: Callable[[int], None] | None
         await runner.cleanup()
 
 
-def run_worker(settings: Settings, worker_index: int | None = None) -> None:
-    configure_logging(settings.log_level, worker_index)
-    if worker_index is not None:
-        settings = replace(settings, instance_id=f"{settings.instance_id}-{worker_index}")
+def run_serving(settings: Settings, started: Callable[[int], None] | None = None) -> None:
+    """The process's event loop serving the app, as a worker or as the only process."""
     # Threads beside the event loop (an import's validation and covers, index rebuilds) hold
     # the GIL for up to this long before the loop gets it back, at every turn of the loop.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve_app(settings))
+        runner.run(serve_app(settings, started=started))
+
+
+def run_worker(settings: Settings, worker_index: int | None = None) -> None:
+    configure_logging(settings.log_level, worker_index)
+    if worker_index is not None:
+        settings = replace(settings, instance_id=f"{settings.instance_id}-{worker_index}")
+    run_serving(settings)
 
 
 def _free_port(host: str) -> int:
@@ -170,8 +175,7 @@ def serve(
                 announce(f"geoservice: listening on http://{settings.host}:{port} (1 worker)")
 
             configure_logging(settings.log_level, None)
-            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-                runner.run(serve_app(settings, started=started))
+            run_serving(settings, started)
             return 0
         announce(
             f"geoservice: listening on http://{settings.host}:{settings.port} "
