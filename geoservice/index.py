@@ -1039,7 +1039,7 @@ class ZoneIndex:
         self._ov = ov
         # the entries of slots retired since the snapshot are still in the new tables
         self._dead_entries -= job.dead_entries
-        if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+        if self._pv_compact_due():
             self._pv_compact()
         self._replan()
         self._maybe_merge()
@@ -1153,6 +1153,10 @@ class ZoneIndex:
         self._pv_len = off + len(rec)
         return off
 
+    def _pv_compact_due(self) -> bool:
+        """Removed polygons' records take more than the slack and half of the arena."""
+        return self._pv_dead > max(self.PV_SLACK, self._pv_len // 2)
+
     def _pv_compact(self) -> None:
         """Rewrites the arena with the live polygons only (after many were removed)."""
         self._pv = np.zeros(max(1024, self._pv_len - self._pv_dead), np.float64)
@@ -1246,7 +1250,7 @@ class ZoneIndex:
                 self.merge_wanted = True  # unless one is in flight: it may be enough
             else:
                 self._merge()
-        elif self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+        elif self._pv_compact_due():
             self._pv_compact()
             self._replan()
 
@@ -1285,6 +1289,6 @@ class ZoneIndex:
         self._merging = None  # this merge holds everything a job in flight would bring
         self._added_while_merging = []
         self.merge_wanted = False
-        if self._pv_dead > max(self.PV_SLACK, self._pv_len // 2):
+        if self._pv_compact_due():
             self._pv_compact()
         self._replan()
