@@ -35,11 +35,11 @@ from typing import Any
 import aiohttp
 
 from geoservice import index as index_module
-from geoservice.index import Circle
 from geoservice.server import event_loop_factory
-from geoservice.zones import Zone, ZoneDirectory
-from loadtest.bench_margin import TENANT, LoopTicker, directory_of
+from geoservice.zones import ZoneDirectory
+from loadtest.bench_margin import TENANT, LoopTicker, circles, directory_of
 from loadtest.bench_pings import create_tenant
+from loadtest.city import feature
 from loadtest.deployment import Deployment
 
 DEFERRED_MERGE_MIN_ENTRIES = index_module.DEFERRED_MERGE_MIN_ENTRIES
@@ -64,16 +64,7 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
     )
     directory = directory_of(args.zones, seed)
     rng = random.Random(seed + 1)
-    chunks = [
-        [
-            (
-                Zone(f"new{c}-{i}", f"new{c}-{i}", {}),
-                Circle(47 + rng.uniform(-1, 1), 8 + rng.uniform(-1.5, 1.5), rng.uniform(50, 500)),
-            )
-            for i in range(args.chunk_size)
-        ]
-        for c in range(args.chunks)
-    ]
+    chunks = [circles(f"new{c}-", args.chunk_size, rng) for c in range(args.chunks)]
     ticker = LoopTicker()
     await asyncio.sleep(0.1)
     for chunk in chunks:
@@ -95,18 +86,7 @@ async def one_round(args: argparse.Namespace, way: str, seed: int) -> Round:
 
 
 def circle_features(prefix: str, count: int, rng: random.Random) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "Feature",
-            "id": f"{prefix}{i}",
-            "geometry": {
-                "type": "Point",
-                "coordinates": [8 + rng.uniform(-1.5, 1.5), 47 + rng.uniform(-1, 1)],
-            },
-            "properties": {"name": f"{prefix}{i}", "radius_m": round(rng.uniform(50, 500), 1)},
-        }
-        for i in range(count)
-    ]
+    return [feature(zone.zone_id, shape) for zone, shape in circles(prefix, count, rng)]
 
 
 async def live(args: argparse.Namespace) -> None:

@@ -37,19 +37,20 @@ class Round:
     lookups_meanwhile: int
 
 
+def circles(prefix: str, count: int, rng: random.Random) -> list[tuple[Zone, Circle]]:
+    """`count` zones of workload (a)'s radii (50-500 m) in a 2 x 3 degree box."""
+    return [
+        (
+            Zone(f"{prefix}{i}", f"{prefix}{i}", {}),
+            Circle(47 + rng.uniform(-1, 1), 8 + rng.uniform(-1.5, 1.5), rng.uniform(50, 500)),
+        )
+        for i in range(count)
+    ]
+
+
 def directory_of(zone_count: int, seed: int) -> ZoneDirectory:
-    rng = random.Random(seed)
     directory = ZoneDirectory()
-    directory.apply_many(
-        TENANT,
-        [
-            (
-                Zone(f"z{i}", f"z{i}", {}),
-                Circle(47 + rng.uniform(-1, 1), 8 + rng.uniform(-1.5, 1.5), rng.uniform(50, 500)),
-            )
-            for i in range(zone_count)
-        ],
-    )
+    directory.apply_many(TENANT, circles("z", zone_count, random.Random(seed)))
     directory.locate(TENANT, *PROBE, DEFAULT_EXIT_MARGIN_M)
     # As the service does after loading its zones (http/app.py): the collector skips them.
     gc.collect()

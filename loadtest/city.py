@@ -86,8 +86,7 @@ class City:
         circles, polygons = split_zone_count(zones)
         w = make_country(seed, circles, polygons)
         features = [
-            _feature(zone_id, shape, dwell_s)
-            for zone_id, shape in zip(w.ids, w.shapes, strict=True)
+            feature(zone_id, shape, dwell_s) for zone_id, shape in zip(w.ids, w.shapes, strict=True)
         ]
         city = cls(
             ids=list(w.ids),
@@ -217,7 +216,8 @@ class City:
         return best if best >= 0 else self.rng.randrange(len(self.ids))
 
 
-def _feature(zone_id: str, shape: object, dwell_s: int | None) -> dict[str, Any]:
+def feature(zone_id: str, shape: object, dwell_s: int | None = None) -> dict[str, Any]:
+    """The zone as a GeoJSON Feature for `POST /v1/zones/import`."""
     properties: dict[str, Any] = {"name": f"Zone {zone_id}"}
     if dwell_s is not None:
         properties["dwell_s"] = dwell_s
