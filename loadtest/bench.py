@@ -373,6 +373,8 @@ async def run_step(
         "step": label,
         "driver": driver,
         "window_s": config.duration_s,
+        # from the first request sent to the last answer: what the CPU figures are measured over
+        "measured_window_s": res.get("window_s"),
         "batch": config.batch,
         "codec": config.codec,
         "devices": config.devices,
@@ -435,13 +437,15 @@ async def drive_paced(
         await asyncio.to_thread(
             wrk.run_paced, bases, warmup, config.codec, config.connections, config.request_timeout_s
         )
-    on_window(True)
-    try:
-        run = await asyncio.to_thread(
-            wrk.run_paced, bases, window, config.codec, config.connections, config.request_timeout_s
-        )
-    finally:
-        on_window(False)
+    run = await asyncio.to_thread(
+        wrk.run_paced,
+        bases,
+        window,
+        config.codec,
+        config.connections,
+        config.request_timeout_s,
+        on_window,
+    )
     d = config.duration_s
     pings_per_request = sum(r.pings for r in window) / max(1, len(window))
     statuses = {code: n for code, n in run["statuses"].items()}
@@ -487,9 +491,13 @@ def cpu_costs(
     process, per Redis node (process CPU), and per primary the fence script's own time."""
     requests = float(summary["requests_per_s"]) or float("nan")
     pings = float(summary["pings_per_s"]) or float("nan")
+    # The rates are the answers over the planned window; the CPU is measured from wrk's start
+    # to the last answer, which a service that fell behind makes longer than the window.
+    measured_s = float(resources.get("window_s", window_s))
+    stretch = measured_s / window_s
 
     def ms(percent: float, per: float) -> float | None:
-        value = 10 * percent / per  # percent of a core = 10 ms of CPU per second
+        value = 10 * percent * stretch / per  # percent of a core = 10 ms of CPU per second
         return None if value != value else round(value, 4)  # NaN: nothing answered
 
     service = float(resources["service_cpu_percent"])
@@ -501,7 +509,7 @@ def cpu_costs(
     }
     # The fence script's time (usec over the window) as a percent of a core, then per request.
     per_primary = {
-        label: ms(c["evalsha_usec"] / 1e4 / window_s, requests) for label, c in commands.items()
+        label: ms(c["evalsha_usec"] / 1e4 / measured_s, requests) for label, c in commands.items()
     }
     return {
         "service_cpu_ms_per_request": ms(service, requests),

@@ -730,6 +730,7 @@ class ResourceWatch:
             )
 
         return {
+            "window_s": round(wall, 3),
             "service_cpu_percent": total("cpu_percent", False),
             "service_rss_mb": total("rss_mb", False),
             "service_rss_peak_mb": total("rss_peak_mb", False),

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
+import selectors
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +272,16 @@ local function count(s, needle)
   end
 end
 
+local answered = 0
 function response(status, headers, body)
   statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
+  answered = answered + 1
+  if answered == #bodies then
+    -- wrk runs for its whole -d: tell run_paced, which then stops it, so that neither the
+    -- measured window nor the next step waits for idle seconds
+    io.write("GEOSERVICE-ANSWERED\n")
+    io.flush()
+  end
   if status == 200 then
     ok = ok + 1
     if #body > 40 then  -- longer than an answer with no event, offer or ignored fix
@@ -307,16 +318,55 @@ end
 """
 
 
+# Printed by PACED_LUA once every planned request has its answer.
+ANSWERED = b"GEOSERVICE-ANSWERED\n"
+
+
+def _until_answered(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> list[bytes]:
+    """Each wrk's stdout so far, read until it has printed ANSWERED or exited (a request that
+    never got an answer leaves wrk running to its -d)."""
+    heard = {p.pid: bytearray() for p in processes}
+    with selectors.DefaultSelector() as selector:
+        for p in processes:
+            assert p.stdout is not None
+            selector.register(p.stdout, selectors.EVENT_READ, p)
+        deadline = time.monotonic() + timeout_s
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                chunk = os.read(key.fd, 65536)  # not the file object: it would buffer ahead
+                heard[key.data.pid] += chunk
+                if not chunk or ANSWERED in heard[key.data.pid]:
+                    selector.unregister(key.fileobj)
+    return [bytes(heard[p.pid]) for p in processes]
+
+
+def _stop_and_collect(
+    processes: Sequence[subprocess.Popen[bytes]], heard: Sequence[bytes]
+) -> list[tuple[str, str]]:
+    """SIGINT ends wrk's run early; it then prints its summary (and ours, from done())."""
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    outputs = []
+    for p, before in zip(processes, heard, strict=True):
+        rest, err = p.communicate(timeout=60)
+        outputs.append(((before + rest).decode(), err.decode()))
+    return outputs
+
+
 def run_paced(
     base_urls: Sequence[str],
     planned: Sequence[PlannedRequest],
     codec: str,
     connections: int,
     timeout_s: float,
+    on_window: Callable[[bool], None] | None = None,
 ) -> dict[str, Any]:
     """Send the planned requests open-loop at their planned times (relative to the first), one
     wrk per instance taking every n-th request, and report what was answered and how fast.
-    Latency percentiles are the worst instance's; counts are summed."""
+    Latency percentiles are the worst instance's; counts are summed. `on_window(True)` is
+    called as wrk starts, `on_window(False)` once every request is answered (or wrk gave up):
+    the window a step's CPU is measured over."""
     if not planned:
         raise ValueError("nothing planned")
     start = planned[0].intended
@@ -337,19 +387,25 @@ def run_paced(
         # wrk takes whole seconds
         duration_s = math.ceil(span_s + min(timeout_s, 2.0) + 0.5)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
         command = ["wrk", "-t", "1", "-c", str(share), "-d", f"{duration_s}s"]
         command += ["--timeout", f"{math.ceil(timeout_s)}s", "-s", str(script)]
+        if on_window is not None:
+            on_window(True)
+        started = time.perf_counter()
         processes = [
             subprocess.Popen(
                 [*command, base, "--", str(data), codec],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
             )
             for base, data in zip(base_urls, files, strict=True)
         ]
-        outputs = [p.communicate(timeout=duration_s + 60) for p in processes]
+        try:
+            heard = _until_answered(processes, duration_s + 60)
+        finally:
+            if on_window is not None:
+                on_window(False)
+        outputs = _stop_and_collect(processes, heard)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     reports: list[dict[str, Any]] = []
