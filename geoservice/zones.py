@@ -12,11 +12,12 @@ finishes the write, this instance's copy and the change-feed entry, so no instan
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -357,6 +358,15 @@ def _merge_beside(tenant: TenantZones, loop: asyncio.AbstractEventLoop | None) -
             _start_merge(index, loop)
 
 
+def _change(tenant: TenantZones, change: Callable[[], object]) -> None:
+    """Every change to a tenant's indexes: on the event loop, a table rebuild it calls for is
+    built in a thread (_merge_beside), elsewhere in the call."""
+    loop = _running_loop()
+    _defer_merges(tenant, loop)
+    change()
+    _merge_beside(tenant, loop)
+
+
 def _start_merge(index: ZoneIndex, loop: asyncio.AbstractEventLoop) -> None:
     """Builds the index's wanted merge in a thread and installs it on the loop; changes made
     meanwhile go to the overlay and are carried over (ZoneIndex.finish_merge)."""
@@ -394,10 +404,7 @@ class ZoneDirectory:
 
     def apply_many(self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]) -> None:
         tenant = self.tenants.setdefault(tenant_id, TenantZones())
-        loop = _running_loop()
-        _defer_merges(tenant, loop)
-        tenant.put_many(items)
-        _merge_beside(tenant, loop)
+        _change(tenant, functools.partial(tenant.put_many, items))
 
     async def apply_many_beside(self, tenant_id: str, items: list[tuple[Zone, ZoneShape]]) -> None:
         """apply_many, with a large batch's covers computed in a thread (an import's 10,000
@@ -418,17 +425,12 @@ class ZoneDirectory:
                 await asyncio.sleep(0)  # the requests waiting meanwhile go first
             # the tenant's object now: a new exit margin replaces it (sharing the zone index)
             tenant = self.tenants.setdefault(tenant_id, TenantZones())
-            _defer_merges(tenant, loop)
-            tenant.commit(change)
-            _merge_beside(tenant, loop)
+            _change(tenant, functools.partial(tenant.commit, change))
 
     def remove(self, tenant_id: str, zone_id: str) -> None:
         tenant = self.tenants.get(tenant_id)
         if tenant is not None:
-            loop = _running_loop()
-            _defer_merges(tenant, loop)
-            tenant.remove(zone_id)
-            _merge_beside(tenant, loop)
+            _change(tenant, functools.partial(tenant.remove, zone_id))
 
     def is_live(self, tenant_id: str, zone_id: str) -> bool:
         """The zone exists and is enabled (a deleted or disabled zone fires no events)."""
