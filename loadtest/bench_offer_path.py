@@ -7,17 +7,23 @@ not blur. This starts the service in-process (one worker, its own embedded Redis
 store zones and two offers, and sends one request at a time through a real aiohttp server: a
 ping that fires nothing, an offer to a known customer, an offer to an anonymous device. For each
 it prints the median number of loop turns from send to answer (the client shares the loop, so
-the no-event request's turns are the floor) and the median wall time at zero load.
+the no-event request's turns are the floor), the median wall time at zero load, and the median
+CPU time of the process per request (client included). A `GET /healthz` (no key, no store) is
+measured the same way: the framework's own floor beside which to read the others. Each of those
+requests comes after 5-10 ms idle; `/healthz` and the no-event ping are then measured again
+back to back, as under load. The difference is what an idle pause costs a request on this
+machine (caches gone cold, the process woken): at low request rates a worker pays it often.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import ClientResponse
@@ -88,14 +94,52 @@ async def setup(client: TestClient[Any, Any], operator: dict[str, str]) -> dict[
     return {"Authorization": f"Bearer {keys['sdk_key']}"}
 
 
-async def measure(settings: Settings, repeats: int) -> dict[str, tuple[float, float]]:
+@dataclass(frozen=True)
+class PathCost:
+    turns: float  # medians, per request
+    wall_ms: float
+    cpu_ms: float  # of the whole process: the service and the client that shares its loop
+
+
+async def repeated(
+    send: Callable[[int], Awaitable[object]], repeats: int, pause_s: float
+) -> PathCost:
+    """send(i) for i in range(repeats), each timed alone, `pause_s` idle before each. Back to
+    back (no pause) the loop's turns are not counted: the counter's callback would keep the loop
+    busy while a request waits for Redis, and its CPU would be counted with the request's."""
+    turns: list[int] = []
+    millis: list[float] = []
+    cpu: list[float] = []
+    for i in range(repeats):
+        if pause_s:
+            await asyncio.sleep(pause_s)
+        counter = LoopTurns() if pause_s else None
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await send(i)
+        cpu.append((time.process_time() - cpu_started) * 1000)
+        millis.append((time.perf_counter() - started) * 1000)
+        if counter is not None:
+            counter.on = False
+            turns.append(counter.turns)
+    return PathCost(
+        statistics.median(turns) if turns else math.nan,
+        statistics.median(millis),
+        statistics.median(cpu),
+    )
+
+
+async def measure(settings: Settings, repeats: int) -> dict[str, PathCost]:
     app = create_app(settings)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         await asyncio.wait_for(app[READY].wait(), 30)
         sdk = await setup(client, {"Authorization": f"Bearer {settings.operator_token}"})
-        results: dict[str, tuple[float, float]] = {}
+
+        async def healthz(_: int) -> None:
+            await ok(await client.get("/healthz"))
+
+        results = {"GET /healthz (floor)": await repeated(healthz, repeats, 0.01)}
         for kind, customer, position in (
             ("no event", None, (FAR[0] + 0.001, FAR[1])),
             ("offer, customer", "c", DOOR),
@@ -103,6 +147,7 @@ async def measure(settings: Settings, repeats: int) -> dict[str, tuple[float, fl
         ):
             turns: list[int] = []
             millis: list[float] = []
+            cpu: list[float] = []
             for i in range(repeats + 1):  # the first one teaches Redis the scripts
                 device = f"{kind.replace(' ', '').replace(',', '-')}-{i}"
                 first: dict[str, Any] = {
@@ -118,18 +163,35 @@ async def measure(settings: Settings, repeats: int) -> dict[str, tuple[float, fl
                 lat, lon = position
                 body["pings"] = [{"lat": lat, "lon": lon, "accuracy_m": 10, "ts": now_ms()}]
                 counter = LoopTurns()
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 response = await client.post("/v1/pings", json=body, headers=sdk)
                 answer = await response.json()
                 elapsed = time.perf_counter() - started
+                cpu_ms = (time.process_time() - cpu_started) * 1000
                 counter.on = False
                 if bool(answer["offers"]) != kind.startswith("offer"):
                     raise AssertionError(f"{kind}: unexpected answer {answer}")
                 if i:
                     turns.append(counter.turns)
                     millis.append(elapsed * 1000)
+                    cpu.append(cpu_ms)
                 await asyncio.sleep(0.01)  # the writes after the answer
-            results[kind] = (statistics.median(turns), statistics.median(millis))
+            results[kind] = PathCost(
+                statistics.median(turns), statistics.median(millis), statistics.median(cpu)
+            )
+
+        async def no_event_again(i: int) -> None:  # the no-event devices, one more step away
+            body = {
+                "device_id": f"noevent-{i + 1}",
+                "pings": [{"lat": FAR[0] + 0.002, "lon": FAR[1], "accuracy_m": 10, "ts": now_ms()}],
+            }
+            answer = await ok(await client.post("/v1/pings", json=body, headers=sdk))
+            if answer["events"] or answer["ignored"]:
+                raise AssertionError(f"no event, back to back: unexpected answer {answer}")
+
+        # With no idle time between requests, as under load: the caches stay warm.
+        results["GET /healthz, back to back"] = await repeated(healthz, repeats, 0.0)
+        results["no event, back to back"] = await repeated(no_event_again, repeats, 0.0)
         return results
     finally:
         await client.close()
@@ -147,8 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             results = runner.run(measure(settings, args.repeats))
     print(f"one request at a time, {args.repeats} each (medians; the client shares the loop):")
-    for kind, (turns, ms) in results.items():
-        print(f"  {kind:20} {turns:5.0f} event-loop turns  {ms:6.2f} ms")
+    for kind, cost in results.items():
+        turns = "    -" if math.isnan(cost.turns) else f"{cost.turns:5.0f}"
+        print(
+            f"  {kind:26} {turns} event-loop turns  {cost.wall_ms:6.2f} ms  "
+            f"{cost.cpu_ms:6.3f} ms CPU"
+        )
     return 0
 
 
