@@ -16,7 +16,15 @@ from tests.conftest import TenantFactory, TenantKeys
 
 pytest.importorskip("hdrh")
 
-from loadtest.bench import cpu_costs, customer_of, knee, load_offers, plot, set_audience_offer
+from loadtest.bench import (
+    cpu_costs,
+    customer_of,
+    knee,
+    load_offers,
+    median_rows,
+    plot,
+    set_audience_offer,
+)
 from loadtest.bench_pings import LoadConfig, drive, import_zones
 from loadtest.city import City
 from loadtest.lean import drive_lean, plan
@@ -161,6 +169,38 @@ async def test_bench_offers_knee_and_plot(
     assert knee([*rows, {**late, "late_sends": 2}], 10.0)["pings_per_s"] == 250
     plot({"single": rows, "batch": rows}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ramps_run_again_give_knees_from_median_passes(tmp_path: Path) -> None:
+    """--ramps 3: per rate the pass with the median p99 stands for the rate; an error in any
+    pass, or one pass with too many late sends, keeps the rate from being a knee."""
+
+    def step(rate: float, p99: float, errors: int = 0, late: int = 0) -> dict[str, Any]:
+        return {"step": f"single {rate:g}/s", "target_requests_per_s": rate,
+                "pings_per_s": rate, "requests_per_s": rate, "window_s": 10.0, "codec": "json",
+                "latency_ms": {"p50": 1.0, "p99": p99}, "errors": errors,
+                "late_sends": late}  # fmt: skip
+
+    rows = [
+        *(step(500, p99) for p99 in (4.0, 30.0, 6.0)),  # one slow pass: median 6 ms
+        *(step(1000, p99) for p99 in (9.0, 8.0, 12.0)),  # median 9 ms
+        step(1500, 5.0), step(1500, 7.0), step(1500, 6.0, errors=1),  # an error in one pass
+        step(2000, 8.0), step(2000, 9.0), step(2000, 9.5, late=500),  # one pass sent late
+    ]  # fmt: skip
+    medians = {r["target_requests_per_s"]: r for r in median_rows(rows)}
+    assert {rate: r["latency_ms"]["p99"] for rate, r in medians.items()} == {
+        500: 6.0, 1000: 9.0, 1500: 6.0, 2000: 9.0}  # fmt: skip
+    assert medians[500]["p99_ms_of_passes"] == [4.0, 30.0, 6.0]
+    assert medians[1500]["errors"] == 1
+    assert medians[2000]["late_sends"] == 500
+    top = knee(list(medians.values()), 10.0)
+    assert top is not None
+    assert top["target_requests_per_s"] == 1000
+    # without repeats the single slow pass would have decided: 500/s at 30 ms is no knee
+    assert knee(rows[1:2], 10.0) is None
+    plot({"single": rows, "batch": rows, "single_median": list(medians.values())},
+         tmp_path / "medians.png")  # fmt: skip
+    assert (tmp_path / "medians.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cpu_costs_per_request_ping_node_and_primary() -> None:
