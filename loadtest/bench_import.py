@@ -11,7 +11,8 @@ way, medians over the rounds: the loop's longest pause, the p99 of its 1 ms tick
 until the last merge has landed.
 
 `--live`: the same end to end instead. The service (`geoservice serve --workers 2`, its own
-Redis) gets `--zones` circles through `POST /v1/zones/import`, then `--chunks` imports of
+Redis; `--workers` to change it) gets `--zones` circles through `POST /v1/zones/import` (each
+request's time printed), then `--chunks` imports of
 `--chunk-size` more while a client sends `--ping-rate` single pings a second (devices far from
 every zone: the one-round-trip path). Prints the pings' p50, p99 and longest time before and
 during the imports (HdrHistogram-free: every latency is kept), and what the imports took.
@@ -92,7 +93,10 @@ def circle_features(prefix: str, count: int, rng: random.Random) -> list[dict[st
 async def live(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="geoservice-bench-import-") as folder:
         deployment = Deployment(
-            workers=2, instances=1, cluster=False, log_stem=Path(folder) / "bench-import"
+            workers=args.workers,
+            instances=1,
+            cluster=False,
+            log_stem=Path(folder) / "bench-import",
         )
         deployment.start()
         try:
@@ -128,8 +132,16 @@ async def live_run(args: argparse.Namespace, base_url: str, token: str) -> None:
                 await asyncio.sleep(1)
             raise RuntimeError("an import failed five times")
 
-        for start in range(0, args.zones, 10_000):
+        loading = [
             await import_chunk(circle_features(f"z{start}-", min(10_000, args.zones - start), rng))
+            for start in range(0, args.zones, 10_000)
+        ]
+        print(
+            f"{args.zones} circles in requests of 10,000 ({args.workers} "
+            f"worker{'s' if args.workers != 1 else ''}): "
+            f"{', '.join(f'{t:.2f}' for t in loading)} s",
+            flush=True,
+        )
         await asyncio.sleep(20)  # the other worker applies them from the change feed
         latencies: dict[str, list[float]] = {"before": [], "during": []}
         phase = "before"
@@ -206,6 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--live", action="store_true", help="end to end, through the API")
     parser.add_argument("--ping-rate", type=float, default=200.0)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="--live: the service's workers (with 1, no other worker applies each import beside "
+        "the one that took it)",
+    )
     args = parser.parse_args(argv)
     if args.live:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
