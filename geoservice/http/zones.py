@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -160,12 +161,23 @@ def _check_one(raw: Any, zone_id: str | None, prefix: str) -> tuple[Zone, ZoneSh
         raise ValidationFailed.of(problems_of(exc, prefix)) from None
 
 
+# check_import runs in a thread beside the event loop and is CPU-bound: left alone it kept most
+# of the GIL, and a one-worker service answered nothing for ~0.9 s of a 10,000-zone import
+# (p99 of 200 pings/s during it: 0.8-1.4 s; the 1 ms switch interval did not change that).
+# Sleeping 1 ms every 100 features hands the GIL to the loop: p99 0.1-0.5 s, the import no
+# slower (python -m loadtest.bench_import --live --workers 1, loadtest/RESULTS.md).
+YIELD_EVERY_FEATURES = 100
+YIELD_S = 0.001
+
+
 def check_import(features: list[Any]) -> list[tuple[Zone, ZoneShape]]:
     built: list[tuple[Zone, ZoneShape]] = []
     problems: list[FieldProblem] = []
     invalid: list[dict[str, Any]] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(features):
+        if index % YIELD_EVERY_FEATURES == YIELD_EVERY_FEATURES - 1:
+            time.sleep(YIELD_S)
         prefix = f"features[{index}]."
         raw_id = raw.get("id") if isinstance(raw, dict) else None
         shown_id = raw_id if isinstance(raw_id, str) else None
