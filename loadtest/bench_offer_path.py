@@ -23,8 +23,8 @@ import math
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
@@ -37,6 +37,7 @@ from geoservice.settings import Settings, settings_from_env
 
 DOOR = (47.3717, 8.5392)  # inside the first store's zone
 FAR = (47.40, 8.60)  # in no zone
+T = TypeVar("T")
 ALWAYS = {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
@@ -101,31 +102,51 @@ class PathCost:
     cpu_ms: float  # of the whole process: the service and the client that shares its loop
 
 
+@dataclass
+class Samples:
+    """Each timed request's loop turns, wall time and process CPU."""
+
+    turns: list[int] = field(default_factory=list)
+    millis: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    async def time(self, request: Awaitable[T], *, count_turns: bool, keep: bool = True) -> T:
+        """Awaits the request, timed. Without count_turns the loop's turns are not counted:
+        back to back, the counter's callback would keep the loop busy while a request waits
+        for Redis, and its CPU would be counted with the request's."""
+        counter = LoopTurns() if count_turns else None
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = await request
+        cpu_ms = (time.process_time() - cpu_started) * 1000
+        wall_ms = (time.perf_counter() - started) * 1000
+        if counter is not None:
+            counter.on = False
+        if keep:
+            self.millis.append(wall_ms)
+            self.cpu.append(cpu_ms)
+            if counter is not None:
+                self.turns.append(counter.turns)
+        return result
+
+    def cost(self) -> PathCost:
+        return PathCost(
+            statistics.median(self.turns) if self.turns else math.nan,
+            statistics.median(self.millis),
+            statistics.median(self.cpu),
+        )
+
+
 async def repeated(
     send: Callable[[int], Awaitable[object]], repeats: int, pause_s: float
 ) -> PathCost:
-    """send(i) for i in range(repeats), each timed alone, `pause_s` idle before each. Back to
-    back (no pause) the loop's turns are not counted: the counter's callback would keep the loop
-    busy while a request waits for Redis, and its CPU would be counted with the request's."""
-    turns: list[int] = []
-    millis: list[float] = []
-    cpu: list[float] = []
+    """send(i) for i in range(repeats), each timed alone, `pause_s` idle before each; back to
+    back (no pause) without counting the loop's turns (Samples.time)."""
+    samples = Samples()
     for i in range(repeats):
         if pause_s:
             await asyncio.sleep(pause_s)
-        counter = LoopTurns() if pause_s else None
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await send(i)
-        cpu.append((time.process_time() - cpu_started) * 1000)
-        millis.append((time.perf_counter() - started) * 1000)
-        if counter is not None:
-            counter.on = False
-            turns.append(counter.turns)
-    return PathCost(
-        statistics.median(turns) if turns else math.nan,
-        statistics.median(millis),
-        statistics.median(cpu),
-    )
+        await samples.time(send(i), count_turns=bool(pause_s))
+    return samples.cost()
 
 
 async def measure(settings: Settings, repeats: int) -> dict[str, PathCost]:
@@ -139,15 +160,17 @@ async def measure(settings: Settings, repeats: int) -> dict[str, PathCost]:
         async def healthz(_: int) -> None:
             await ok(await client.get("/healthz"))
 
+        async def ping(body: dict[str, Any]) -> Any:
+            response = await client.post("/v1/pings", json=body, headers=sdk)
+            return await response.json()
+
         results = {"GET /healthz (floor)": await repeated(healthz, repeats, 0.01)}
         for kind, customer, position in (
             ("no event", None, (FAR[0] + 0.001, FAR[1])),
             ("offer, customer", "c", DOOR),
             ("offer, no customer", None, DOOR),
         ):
-            turns: list[int] = []
-            millis: list[float] = []
-            cpu: list[float] = []
+            samples = Samples()
             for i in range(repeats + 1):  # the first one teaches Redis the scripts
                 device = f"{kind.replace(' ', '').replace(',', '-')}-{i}"
                 first: dict[str, Any] = {
@@ -162,23 +185,11 @@ async def measure(settings: Settings, repeats: int) -> dict[str, PathCost]:
                 body = {k: v for k, v in first.items() if k != "consent"}
                 lat, lon = position
                 body["pings"] = [{"lat": lat, "lon": lon, "accuracy_m": 10, "ts": now_ms()}]
-                counter = LoopTurns()
-                started, cpu_started = time.perf_counter(), time.process_time()
-                response = await client.post("/v1/pings", json=body, headers=sdk)
-                answer = await response.json()
-                elapsed = time.perf_counter() - started
-                cpu_ms = (time.process_time() - cpu_started) * 1000
-                counter.on = False
+                answer = await samples.time(ping(body), count_turns=True, keep=bool(i))
                 if bool(answer["offers"]) != kind.startswith("offer"):
                     raise AssertionError(f"{kind}: unexpected answer {answer}")
-                if i:
-                    turns.append(counter.turns)
-                    millis.append(elapsed * 1000)
-                    cpu.append(cpu_ms)
                 await asyncio.sleep(0.01)  # the writes after the answer
-            results[kind] = PathCost(
-                statistics.median(turns), statistics.median(millis), statistics.median(cpu)
-            )
+            results[kind] = samples.cost()
 
         async def no_event_again(i: int) -> None:  # the no-event devices, one more step away
             body = {
