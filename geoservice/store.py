@@ -303,14 +303,7 @@ class Store:
             if reply is not NOT_RUN:
                 return reply
         if self.pipeline is not None:
-            script = self.scripts[name]
-            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                return await self.pipeline.execute(*command)
-            except NoScriptError:
-                # The server restarted empty: load it and send it again (it did not run).
-                await self.redis.script_load(script.script)
-                return await self.pipeline.execute(*command)
+            return await self._evalsha(self.pipeline, name, keys, args)
         try:
             return await self.scripts[name](keys=keys, args=args)
         except REPEAT_ON as exc:
@@ -335,15 +328,8 @@ class Store:
         if pipeline is None:
             url = self.primary_url.format(host=node.host, port=node.port)
             pipeline = self.primary_pipelines[node.name] = AutoPipeline(url, self.timeout_s)
-        script = self.scripts[name]
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            try:
-                return await pipeline.execute(*command)
-            except NoScriptError:
-                # A new primary (a promoted replica, a node added) has not seen the script.
-                await self.redis.script_load(script.script)
-                return await pipeline.execute(*command)
+            return await self._evalsha(pipeline, name, keys, args)
         except ResponseError as exc:
             # (NOSCRIPT again: the topology redis-py loaded it by is behind; it loads it too)
             if isinstance(exc, NoScriptError) or str(exc).startswith(NOT_RUN_HERE):
@@ -356,6 +342,20 @@ class Store:
             if name in REPEATABLE_SCRIPTS:
                 return NOT_RUN
             raise
+
+    async def _evalsha(
+        self, pipeline: AutoPipeline, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """The script by SHA over an automatic pipeline. A server that has not seen it (one
+        restarted empty, a promoted replica, a node added) answers NOSCRIPT without running
+        it: it is loaded and sent again."""
+        script = self.scripts[name]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await pipeline.execute(*command)
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            return await pipeline.execute(*command)
 
     def batch(self, transaction: bool = False) -> Any:
         """Commands sent in one go (`async with store.batch() as pipe`, then `pipe.execute()`):
