@@ -419,8 +419,8 @@ class ZoneDirectory:
         tenant = self.tenants.setdefault(tenant_id, TenantZones())
         steps = [items[i : i + APPLY_STEP_ZONES] for i in range(0, len(items), APPLY_STEP_ZONES)]
         prepare = tenant.prepare
-        changes = await loop.run_in_executor(None, lambda: [prepare(step) for step in steps])
-        for number, change in enumerate(changes):
+        prepared = await loop.run_in_executor(None, lambda: [prepare(step) for step in steps])
+        for number, change in enumerate(prepared):
             if number:
                 await asyncio.sleep(0)  # the requests waiting meanwhile go first
             # the tenant's object now: a new exit margin replaces it (sharing the zone index)
