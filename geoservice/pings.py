@@ -23,7 +23,9 @@ FUTURE_TOLERANCE_MS = 5 * 60_000
 MAX_AGE_MS = 24 * 3_600_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per fix, and a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (~530 against ~140 ns here; 20 fixes a batch). Nothing changes them.
+@dataclass(slots=True)
 class Fix:
     lat: float
     lon: float

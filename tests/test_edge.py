@@ -10,6 +10,8 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
+from geoservice.errors import NotAcceptable
+from geoservice.http import codec as http_codec
 from tests.conftest import (
     OPERATOR,
     OPERATOR_TOKEN,
@@ -241,3 +243,19 @@ async def test_metrics_count_requests_and_latency_by_route_and_status(client):
         'geoservice_http_request_duration_seconds_bucket{le="0.005",method="GET",'
         'route="/healthz",status="200"}'
     ) in text
+
+
+def test_accept_negotiation_is_remembered_but_bounded_and_refusals_are_not():
+    negotiate, remembered = http_codec.response_codec, http_codec._NEGOTIATED
+    remembered.clear()
+    msgpack_first = "application/json;q=0.5, application/msgpack"
+    assert negotiate(msgpack_first) == negotiate(msgpack_first) == http_codec.MSGPACK
+    assert negotiate("application/msgpack;q=0.2, */*") == http_codec.JSON
+    for _ in range(2):
+        with pytest.raises(NotAcceptable):
+            negotiate("text/html")
+    assert "text/html" not in remembered
+    for n in range(http_codec.MAX_NEGOTIATED * 2):
+        assert negotiate(f"application/msgpack;x={n}") == http_codec.MSGPACK
+    assert len(remembered) == http_codec.MAX_NEGOTIATED
+    assert negotiate("application/json;q=0.9, application/msgpack;q=1") == http_codec.MSGPACK

@@ -43,10 +43,25 @@ def request_codec(request: web.Request) -> str:
     )
 
 
+# Accept header -> its codec. Every request asks twice (the edge, then the answer) and a fleet of
+# SDKs sends a handful of distinct headers: parsed once each. Bounded against made-up headers.
+_NEGOTIATED: dict[str, str] = {}
+MAX_NEGOTIATED = 256
+
+
 def response_codec(accept: str | None) -> str:
     """JSON or msgpack from the Accept header; JSON when absent or */*; NotAcceptable otherwise."""
     if not accept:
         return JSON
+    codec = _NEGOTIATED.get(accept)
+    if codec is None:
+        codec = _negotiate(accept)
+        if len(_NEGOTIATED) < MAX_NEGOTIATED:
+            _NEGOTIATED[accept] = codec
+    return codec
+
+
+def _negotiate(accept: str) -> str:
     best: tuple[float, int, str] | None = None
     for position, item in enumerate(accept.split(",")):
         media, *params = (p.strip() for p in item.split(";"))
