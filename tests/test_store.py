@@ -123,7 +123,10 @@ async def test_a_transport_error_under_a_closed_connection_is_a_connection_error
     with pytest.raises(type(leaked)):  # open: not ours to hide
         await connection._send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
     monkeypatch.setattr(transport, "is_closing", lambda: True)
-    with pytest.raises(RedisConnectionError, match="closed under a write"):
+    # redis-py 8.2 and later look at the transport before writing and raise this themselves
+    with pytest.raises(
+        RedisConnectionError, match=r"closed under a write|closed by the server before write"
+    ):
         await connection._send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
 
     async def leak_on_read(*_args: object, **_kwargs: object) -> None:
