@@ -172,6 +172,14 @@ class AutoPipeline:
         self._timeout_s = timeout_s
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        # Connections made so far: a new one may face a Redis that restarted (and lost keys)
+        self.connections_made = 0
+
+    def epoch(self) -> int:
+        """Moves on when a connection is lost: the Redis of the next one may have restarted."""
+        connection = self._connection
+        alive = connection is not None and connection.transport is not None
+        return self.connections_made if alive else self.connections_made + 1
 
     async def execute(self, *args: Any) -> Any:
         connection = await self._ready()
@@ -225,6 +233,7 @@ class AutoPipeline:
                     raise ConnectionError(f"connecting to redis: {exc}") from None
                 raise
             self._connection = connection
+            self.connections_made += 1
             return connection
 
     async def _handshake(self, connection: _Connection) -> None:

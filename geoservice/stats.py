@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geoservice import keys
-from geoservice.store import Store
+from geoservice.store import KeysGivenTtl, Store
 
 HOUR_MS = 3_600_000
 EVENT_STREAM_MAXLEN = 100_000
@@ -30,12 +30,31 @@ class ZoneEvent:
 EVENT_STREAM_KEEP_MS = 25 * HOUR_MS
 
 
+# Trimming the stream by age once a second per tenant (and process) is as good as after every
+# event: an entry outlives EVENT_STREAM_KEEP_MS by a second at most.
+TRIM_EVERY_S = 1.0
+_trimmed_at: dict[str, float] = {}
+
+
 def _append_event(pipe: Any, tenant_id: str, fields: dict[str, Any]) -> None:
     stream = keys.events(tenant_id)
     pipe.xadd(stream, fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+    now = time.monotonic()
+    if now - _trimmed_at.get(tenant_id, -TRIM_EVERY_S) < TRIM_EVERY_S:
+        return
+    _trimmed_at[tenant_id] = now
     # Entry ids are insertion times: exact trimming by age costs only what it removes.
     oldest_kept_ms = int(time.time() * 1000) - EVENT_STREAM_KEEP_MS
     pipe.xtrim(stream, minid=f"{oldest_kept_ms}-0", approximate=False)
+
+
+def _expire_once(pipe: Any, key: str, expiring: list[str], given: KeysGivenTtl) -> None:
+    """EXPIRE after the write that made the key (an EXPIRE of no key does nothing), unless the
+    store already gave it its TTL (an hourly key is written for a day at most, fixes being up to
+    24 h old, and kept 400 days from its first write) or it is queued in this batch."""
+    if key not in expiring and given.wanted(key):
+        pipe.expire(key, STATS_TTL_S)
+        expiring.append(key)
 
 
 def hour_of(ts_ms: int) -> int:
@@ -46,6 +65,8 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
     """One pipelined round trip (all keys on the tenant's slot), only when events fired."""
     if not events:
         return
+    expiring: list[str] = []
+    given = store.keys_with_ttl.now()
     async with store.batch(transaction=False) as pipe:
         for event in events:
             fields = {
@@ -60,12 +81,13 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
             hour = hour_of(event.at_ms)
             counters = keys.zone_stats(tenant_id, hour)
             pipe.hincrby(counters, f"{event.zone_id}:{COUNTER_OF[event.type]}", 1)
-            pipe.expire(counters, STATS_TTL_S)
+            _expire_once(pipe, counters, expiring, given)
             if event.type == "enter":
                 uniques = keys.zone_uniques(tenant_id, hour, event.zone_id)
                 pipe.pfadd(uniques, device)
-                pipe.expire(uniques, STATS_TTL_S)
+                _expire_once(pipe, uniques, expiring, given)
         await pipe.execute()
+    given.add(expiring)
 
 
 OFFER_COUNTERS = {"offer_issued": "offers_issued", "offer_redeemed": "redemptions"}
@@ -98,15 +120,18 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
     }
     if event.store_id is not None:
         fields["store"] = event.store_id
+    expiring: list[str] = []
+    given = store.keys_with_ttl.now()
     async with store.batch(transaction=False) as pipe:
         _append_event(pipe, tenant_id, fields)
         pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
-        pipe.expire(key, STATS_TTL_S)
+        _expire_once(pipe, key, expiring, given)
         by_segment = keys.segment_stats(tenant_id, hour_of(event.at_ms))
         for segment in event.segments or (NO_SEGMENT,):
             pipe.hincrby(by_segment, f"{event.zone_id}|{segment}|{OFFER_COUNTERS[event.type]}", 1)
-        pipe.expire(by_segment, STATS_TTL_S)
+        _expire_once(pipe, by_segment, expiring, given)
         await pipe.execute()
+    given.add(expiring)
 
 
 ROW_COUNTERS = ("enters", "exits", "dwells", "offers_issued", "redemptions")
@@ -162,18 +187,24 @@ async def record_flows(
     """(from_zone, to_zone, seconds_between, at_ms) transitions, as hourly aggregates."""
     if not flows:
         return
+    expiring: list[str] = []
+    given = store.keys_with_ttl.now()
     async with store.batch(transaction=False) as pipe:
         for from_zone, to_zone, seconds, at_ms in flows:
             hour = hour_of(at_ms)
             pair = f"{from_zone}>{to_zone}"
-            for key in (keys.flow_counts(tenant_id, hour), keys.flow_seconds(tenant_id, hour)):
-                pipe.expire(key, STATS_TTL_S)
-            pipe.hincrby(keys.flow_counts(tenant_id, hour), pair, 1)
-            pipe.hincrby(keys.flow_seconds(tenant_id, hour), f"{pair}|{int(seconds)}", 1)
+            counts, histogram = (
+                keys.flow_counts(tenant_id, hour),
+                keys.flow_seconds(tenant_id, hour),
+            )
+            pipe.hincrby(counts, pair, 1)
+            pipe.hincrby(histogram, f"{pair}|{int(seconds)}", 1)
             devices = keys.flow_devices(tenant_id, hour, pair)
             pipe.pfadd(devices, device)
-            pipe.expire(devices, STATS_TTL_S)
+            for key in (counts, histogram, devices):
+                _expire_once(pipe, key, expiring, given)
         await pipe.execute()
+    given.add(expiring)
 
 
 def _median(histogram: dict[int, int]) -> float:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, TypeVar, cast
@@ -263,6 +264,44 @@ def connect(settings: Settings, url: str | None = None) -> Redis | RedisCluster:
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
+class KeysGivenTtl:
+    """The keys given their TTL in one epoch of the store (KeysWithTtl)."""
+
+    LIMIT = 200_000  # keys remembered; past it the memory starts over (a few EXPIREs again)
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+
+    def wanted(self, key: str) -> bool:
+        return key not in self._keys
+
+    def add(self, expired: list[str]) -> None:
+        """Keys whose EXPIRE succeeded."""
+        if len(self._keys) + len(expired) > self.LIMIT:
+            self._keys.clear()
+        self._keys.update(expired)
+
+
+class KeysWithTtl:
+    """Keys this store has given their TTL, so that keys written again and again (hourly
+    aggregates) get one EXPIRE, not one per write. Remembered for one epoch of the store: a new
+    connection may face a Redis that restarted or failed over and lost a key and its TTL."""
+
+    def __init__(self, epoch: Callable[[], int]) -> None:
+        self._epoch_of = epoch
+        self._epoch = -1
+        self._given = KeysGivenTtl()
+
+    def now(self) -> KeysGivenTtl:
+        """The memory of the current epoch (a batch that began in an older one adds its keys to
+        that one's memory, which is dropped)."""
+        epoch = self._epoch_of()
+        if epoch != self._epoch:
+            self._given = KeysGivenTtl()
+            self._epoch = epoch
+        return self._given
+
+
 @dataclass
 class Store:
     """The process's Redis client and its registered scripts."""
@@ -276,6 +315,17 @@ class Store:
     primary_pipelines: dict[str, AutoPipeline] | None = None
     primary_url: str = ""
     timeout_s: float = 1.0
+    keys_with_ttl: KeysWithTtl = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys_with_ttl = KeysWithTtl(self._epoch)
+
+    def _epoch(self) -> int:
+        """Over the automatic pipeline, one per connection; else (a cluster, whose failovers
+        redis-py follows unseen) a new epoch every minute."""
+        if self.pipeline is not None:
+            return self.pipeline.epoch()
+        return int(time.monotonic() // 60)
 
     @classmethod
     def open(cls, settings: Settings, url: str | None = None) -> Store:
