@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 WORKERS ?= 1
 
-.PHONY: install run test test-cluster lint bench bench-index bench-pings clean redis-server chromium wrk
+.PHONY: install run test test-cluster lint bench bench-index bench-pings bench-floor clean redis-server chromium wrk
 
 install: $(STAMP) redis-server
 
@@ -82,6 +82,10 @@ bench-index: install
 
 bench-pings: install
 	$(BIN)/python -m loadtest.bench_pings
+
+# What a request costs before any geofencing: a bare aiohttp app, /healthz, a no-event ping.
+bench-floor: install wrk
+	$(BIN)/python -m loadtest.bench_floor --out loadtest/results/floor.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -254,3 +254,26 @@ Requests/sec:   2750.12
     runs = [run(1000, 3), run(2000, 9), run(3000, 8, non_2xx=1), run(4000, 30)]
     assert wrk.best(runs, 10.0) == runs[1]
     assert wrk.best(runs[3:], 10.0) is None
+
+
+def test_bench_floor_ladder_answers_every_request_of_each_rung(tmp_path: Path) -> None:
+    """python -m loadtest.bench_floor, short: the bare app, /healthz and the no-event ping (the
+    consent pass before it makes every ping a 200) each answer all their requests, and each
+    rung costs the server some CPU per request."""
+    import orjson
+
+    from loadtest import bench_floor, wrk
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (Debian: apt-get install wrk)")
+    out = tmp_path / "floor.json"
+    log = tmp_path / "service.log"
+    args = ["--rates", "300", "--duration-s", "1", "--out", str(out), "--log", str(log)]
+    assert bench_floor.main(args) == 0
+    result = orjson.loads(out.read_bytes())
+    assert [row["step"] for row in result["steps"]] == ["bare", "healthz", "no-event ping"]
+    for row in result["steps"]:
+        assert row["statuses"] == {"200": 300}, row
+        assert row["service_cpu_ms_per_request"] > 0, row
+    assert result["steps"][0]["redis_cpu_ms_per_request"] == 0  # the bare app has no store
+    assert result["service"]["exit_code"] == 0
