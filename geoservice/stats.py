@@ -30,19 +30,18 @@ class ZoneEvent:
 EVENT_STREAM_KEEP_MS = 25 * HOUR_MS
 
 
-# Trimming the stream by age once a second per tenant (and process) is as good as after every
+# Trimming the stream by age once a second per tenant (and store) is as good as after every
 # event: an entry outlives EVENT_STREAM_KEEP_MS by a second at most.
 TRIM_EVERY_S = 1.0
-_trimmed_at: dict[str, float] = {}
 
 
-def _append_event(pipe: Any, tenant_id: str, fields: dict[str, Any]) -> None:
+def _append_event(store: Store, pipe: Any, tenant_id: str, fields: dict[str, Any]) -> None:
     stream = keys.events(tenant_id)
     pipe.xadd(stream, fields, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
     now = time.monotonic()
-    if now - _trimmed_at.get(tenant_id, -TRIM_EVERY_S) < TRIM_EVERY_S:
+    if now - store.streams_trimmed_at.get(stream, -TRIM_EVERY_S) < TRIM_EVERY_S:
         return
-    _trimmed_at[tenant_id] = now
+    store.streams_trimmed_at[stream] = now
     # Entry ids are insertion times: exact trimming by age costs only what it removes.
     oldest_kept_ms = int(time.time() * 1000) - EVENT_STREAM_KEEP_MS
     pipe.xtrim(stream, minid=f"{oldest_kept_ms}-0", approximate=False)
@@ -77,7 +76,7 @@ async def record(store: Store, tenant_id: str, device: str, events: Sequence[Zon
             }
             if event.store_id is not None:
                 fields["store"] = event.store_id
-            _append_event(pipe, tenant_id, fields)
+            _append_event(store, pipe, tenant_id, fields)
             hour = hour_of(event.at_ms)
             counters = keys.zone_stats(tenant_id, hour)
             pipe.hincrby(counters, f"{event.zone_id}:{COUNTER_OF[event.type]}", 1)
@@ -123,7 +122,7 @@ async def record_offer(store: Store, tenant_id: str, device: str, event: OfferEv
     expiring: list[str] = []
     given = store.keys_with_ttl.now()
     async with store.batch(transaction=False) as pipe:
-        _append_event(pipe, tenant_id, fields)
+        _append_event(store, pipe, tenant_id, fields)
         pipe.hincrby(key, f"{event.zone_id}:{OFFER_COUNTERS[event.type]}", 1)
         _expire_once(pipe, key, expiring, given)
         by_segment = keys.segment_stats(tenant_id, hour_of(event.at_ms))

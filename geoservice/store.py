@@ -316,6 +316,8 @@ class Store:
     primary_url: str = ""
     timeout_s: float = 1.0
     keys_with_ttl: KeysWithTtl = field(init=False)
+    # stream key -> when this store last trimmed it by age (time.monotonic(); stats.py)
+    streams_trimmed_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys_with_ttl = KeysWithTtl(self._epoch)

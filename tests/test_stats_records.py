@@ -16,7 +16,7 @@ from geoservice.store import Store
 
 
 def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"  # the stream's trim time is remembered per tenant
+    return f"t-{uuid.uuid4().hex[:8]}"
 
 
 async def record_everything(store: Store, tenant_id: str, at_ms: int) -> None:
@@ -82,14 +82,14 @@ async def test_the_event_stream_is_trimmed_by_age_at_most_a_trim_interval_late(
     assert [fields[b"type"] for _, fields in entries] == [b"exit"]  # the old one trimmed
 
     # Trimmed less than a trim interval ago: the next events are appended without a trim ...
-    stats._trimmed_at[tenant_id] = time.monotonic()
+    store.streams_trimmed_at[stream] = time.monotonic()
     await redis.delete(stream)
     await redis.xadd(stream, {"type": "dwell"}, id=f"{too_old_ms}-0")
     await stats.record(store, tenant_id, "dev-a", [ZoneEvent("enter", "z2", None, now_ms)])
     entries = await redis.xrange(stream)
     assert [fields[b"type"] for _, fields in entries] == [b"dwell", b"enter"]
     # ... and the first one after it trims again.
-    stats._trimmed_at[tenant_id] -= stats.TRIM_EVERY_S
+    store.streams_trimmed_at[stream] -= stats.TRIM_EVERY_S
     await stats.record(store, tenant_id, "dev-a", [ZoneEvent("exit", "z2", None, now_ms)])
     entries = await redis.xrange(stream)
     assert [fields[b"type"] for _, fields in entries] == [b"enter", b"exit"]
