@@ -241,7 +241,8 @@ async def test_device_id_is_pseudonymized_and_state_expires(fast_client, shop, r
     [state] = [k async for k in redis.scan_iter("geo:dev:*")]
     assert 86_000 < await redis.ttl(state) <= 86_400
     fields = await redis.hgetall(state)
-    assert set(fields) == {b"last_ts", b"z:store"}  # no coordinates, no trail
+    # no coordinates, no trail: the zones it is in, its last ping's time, its rate-limit bucket
+    assert set(fields) == {b"last_ts", b"z:store", b"rt", b"ra"}
 
 
 async def test_sixteen_concurrent_identical_requests_give_one_enter(fast_client, shop):
@@ -323,6 +324,36 @@ async def test_rate_limit_is_429_with_retry_after(make_client: AppClientFactory,
         headers=keys.sdk,
     )
     assert response.status == 200
+
+
+async def test_the_rate_limit_holds_with_and_without_consent_and_keeps_no_key_of_its_own(
+    make_client: AppClientFactory, make_tenant, redis: Redis
+):
+    """A device with location consent keeps its bucket in its state; one without (a 403,
+    which keeps no state) in a short-lived key apart; the limit holds for both, and a refused
+    request records nothing, not even the consent it brings."""
+    client = await make_client(ping_rate_per_s=1.0, ping_burst=2)
+    keys_ = await make_tenant()
+    t0 = base_ts()
+
+    async def ping(device: str, i: int, consent: dict[str, bool] | None) -> int:
+        body: dict[str, object] = {"device_id": device, "pings": [fix(north(0), t0 + i)]}
+        if consent is not None:
+            body["consent"] = consent
+        response = await client.post("/v1/pings", json=body, headers=keys_.sdk)
+        return response.status
+
+    assert [await ping("with", i, CONSENT) for i in range(3)] == [200, 200, 429]
+    assert [k async for k in redis.scan_iter("geo:dev-rate:*")] == []
+    [state] = [k async for k in redis.scan_iter("geo:dev:*")]
+    assert {b"rt", b"ra"} <= set(await redis.hkeys(state))
+
+    assert [await ping("without", i, None) for i in range(3)] == [403, 403, 429]
+    assert len([k async for k in redis.scan_iter("geo:dev-rate:*")]) == 1
+    assert [k async for k in redis.scan_iter("geo:dev:*")] == [state]  # none for "without"
+    # Consent given past the rate does not open a fresh bucket, and is not recorded either.
+    assert await ping("without", 3, CONSENT) == 429
+    assert len([k async for k in redis.scan_iter("geo:dev-consent:*")]) == 1  # "with"'s
 
 
 async def test_events_feed_the_stream_and_hourly_counters(fast_client, shop, redis: Redis):

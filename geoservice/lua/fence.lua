@@ -5,8 +5,10 @@
 -- KEYS[1] device state (hash, TTL 24 h): last_ts, cust, z:<zone_id> = "<entered_ts>|<dwelled 0/1>",
 --   last_exit = "<ts>|<zone_id>" (for zone-to-zone flows; nothing older than the state's TTL),
 --   linked = the customer whose device link is confirmed written (confirm_link.lua)
+--   rt, ra = the rate-limit bucket's tokens and time, while the device has location consent
 -- KEYS[2] device consent record (hash): loc, mkt, at, src
--- KEYS[3] device rate-limit bucket (hash, short TTL): tokens, at
+-- KEYS[3] rate-limit bucket of a device without location consent (hash, short TTL): tokens, at
+--   (such a device keeps no state, so its bucket lives apart)
 -- ARGV[1] msgpack map:
 --   now (ms), state_ttl_s, rate_per_s, burst, consent_ttl_s,
 --   consent = {loc = 0/1, mkt = 0/1/-1, src = str} or absent,
@@ -19,19 +21,31 @@
 local req = cmsgpack.unpack(ARGV[1])
 local now = req.now
 
--- Token bucket: refuse before anything else is read or written.
-local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'at')
-local tokens = tonumber(bucket[1]) or req.burst
-local at = tonumber(bucket[2]) or now
-tokens = math.min(req.burst, tokens + math.max(0, now - at) * req.rate_per_s / 1000)
-if tokens < 1 then
-  return cmsgpack.pack({'rate', math.ceil((1 - tokens) * 1000 / req.rate_per_s)})
+-- Token bucket: {tokens, at} as stored (or absent) -> tokens now, or false past the limit.
+local function bucket_tokens(stored_tokens, stored_at)
+  local tokens = tonumber(stored_tokens) or req.burst
+  local at = tonumber(stored_at) or now
+  tokens = math.min(req.burst, tokens + math.max(0, now - at) * req.rate_per_s / 1000)
+  if tokens < 1 then
+    return false, math.ceil((1 - tokens) * 1000 / req.rate_per_s)
+  end
+  return tokens
 end
-redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - 1), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[3], math.ceil(req.burst / req.rate_per_s * 1000) + 1000)
 
--- Consent: a consent object in the request is recorded (with its time, as proof) first.
+-- Consent: the record, with what the request brings over it.
+local consent = redis.call('HMGET', KEYS[2], 'loc', 'mkt')
+local location_on_record = consent[1] == '1'
+local location = location_on_record
+local marketing = (consent[2] == '1') and 1 or 0
 if req.consent then
+  location = req.consent.loc == 1
+  if req.consent.mkt ~= -1 then marketing = req.consent.mkt end
+end
+
+-- A consent object in the request is recorded (with its time, as proof) once the request is
+-- within its rate: a refused request writes nothing.
+local function record_consent()
+  if not req.consent then return end
   local fields = {'loc', req.consent.loc, 'at', now, 'src', req.consent.src}
   if req.consent.mkt ~= -1 then
     fields[#fields + 1] = 'mkt'
@@ -40,16 +54,22 @@ if req.consent then
   redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('EXPIRE', KEYS[2], req.consent_ttl_s)
 end
-local consent = redis.call('HMGET', KEYS[2], 'loc', 'mkt')
-if consent[1] ~= '1' then
+
+if not location then
+  local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'at')
+  local tokens, retry_after_ms = bucket_tokens(bucket[1], bucket[2])
+  if not tokens then return cmsgpack.pack({'rate', retry_after_ms}) end
+  redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - 1), 'at', tostring(now))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(req.burst / req.rate_per_s * 1000) + 1000)
+  record_consent()
   -- Without location consent nothing about the device's whereabouts may stay.
   redis.call('DEL', KEYS[1])
   return cmsgpack.pack({'consent'})
 end
-local marketing = (consent[2] == '1') and 1 or 0
 
--- Current state.
+-- Current state, its bucket with it.
 local flat = redis.call('HGETALL', KEYS[1])
+local stored_tokens, stored_at = nil, nil
 local last_ts = -1
 local previous_customer = false
 local linked_customer = false
@@ -64,6 +84,10 @@ for i = 1, #flat, 2 do
     previous_customer = value
   elseif name == 'linked' then
     linked_customer = value
+  elseif name == 'rt' then
+    stored_tokens = value
+  elseif name == 'ra' then
+    stored_at = value
   elseif name == 'last_exit' then
     local sep = string.find(value, '|', 1, true)
     last_exit_ts, last_exit_zone = tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)
@@ -72,6 +96,15 @@ for i = 1, #flat, 2 do
     inside[string.sub(name, 3)] = {tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)}
   end
 end
+
+if not location_on_record then
+  -- Consent given by this very request: until now the device's bucket was the one apart.
+  local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'at')
+  stored_tokens, stored_at = bucket[1], bucket[2]
+end
+local tokens, retry_after_ms = bucket_tokens(stored_tokens, stored_at)
+if not tokens then return cmsgpack.pack({'rate', retry_after_ms}) end
+record_consent()
 
 local events, stale, flows = {}, {}, {}
 local changed, removed = {}, {}
@@ -127,7 +160,7 @@ for _, ping in ipairs(req.pings) do
   end
 end
 
-local writes = {'last_ts', tostring(last_ts)}
+local writes = {'last_ts', tostring(last_ts), 'rt', tostring(tokens - 1), 'ra', tostring(now)}
 if last_exit_zone then
   writes[#writes + 1] = 'last_exit'
   writes[#writes + 1] = string.format('%d|%s', last_exit_ts, last_exit_zone)
