@@ -28,7 +28,7 @@ from redis.crc import key_slot
 from geoservice.fences import device_pseudonym
 from geoservice.keys import device_consent, device_state
 from geoservice.server import event_loop_factory
-from loadtest import wrk
+from loadtest import bench_floor, wrk
 from loadtest.bench_pings import (
     JSON,
     TENANT,
@@ -555,6 +555,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if driver == "wrk" and not wrk.available():
         print("wrk is not installed (Debian: apt-get install wrk): the lean driver paces the ramp")
         driver = "lean"
+    if args.yardstick_s > 0:  # before anything else runs: the host's speed today
+        doc["yardsticks"] = await bench_floor.yardsticks(args.yardstick_s)
     try:
         deployment.start()  # in the main thread: the cluster's nodes die with it
         ready_s = await deployment.ready()
@@ -763,6 +765,11 @@ def summarise(doc: dict[str, Any]) -> None:
         "redis_round_trips_per_no_event_ping"
     ]
     doc["curve"] = doc["single"] + doc["batch"]
+    # The issue's targets were sized on a host whose bare aiohttp app did 28,000 req/s on one
+    # core; this run's host is put beside it by the same measure (bench_floor.yardsticks).
+    sticks = doc.get("yardsticks") or {}
+    doc["host_bare_rate_against_issue"] = sticks.get("bare_rate_against_issue")
+    doc["targets_scaled_to_host_pings_per_s"] = sticks.get("targets_scaled_pings_per_s")
     for kind in ("single", "batch"):
         top = doc.get("wrk", {}).get(kind, {}).get("best_within_limit")
         doc[f"wrk_max_{kind}_pings_per_s"] = top["pings_per_s"] if top else None
@@ -838,6 +845,8 @@ def print_table(doc: dict[str, Any]) -> None:
         "audiences_p50_ratio_on_off",
         "audiences_p99_ratio_on_off",
         "audiences_offer_p50_ratio_on_off",
+        "host_bare_rate_against_issue",
+        "targets_scaled_to_host_pings_per_s",
     ):
         print(f"{key}: {doc.get(key)}")
 
@@ -986,6 +995,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--compare-audiences-rounds", type=int, default=1, help="on-off-off-on rounds")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--yardstick-s",
+        type=float,
+        default=6.0,
+        help="seconds of each of the host's yardsticks (bench_floor; 0 skips them)",
+    )
     ap.add_argument(
         "--out",
         type=Path,

@@ -257,9 +257,9 @@ Requests/sec:   2750.12
 
 
 def test_bench_floor_ladder_answers_every_request_of_each_rung(tmp_path: Path) -> None:
-    """python -m loadtest.bench_floor, short: the bare app, /healthz and the no-event ping (the
-    consent pass before it makes every ping a 200) each answer all their requests, and each
-    rung costs the server some CPU per request."""
+    """python -m loadtest.bench_floor, short: the yardsticks, then the bare app, /healthz, the
+    no-event ping and the no-event batch (the consent pass before them makes every ping a 200)
+    each answer all their requests, and each rung costs the server some CPU per request."""
     import orjson
 
     from loadtest import bench_floor, wrk
@@ -268,10 +268,25 @@ def test_bench_floor_ladder_answers_every_request_of_each_rung(tmp_path: Path) -
         pytest.skip("wrk is not installed (Debian: apt-get install wrk)")
     out = tmp_path / "floor.json"
     log = tmp_path / "service.log"
-    args = ["--rates", "300", "--duration-s", "1", "--out", str(out), "--log", str(log)]
-    assert bench_floor.main(args) == 0
+    args = ["--rates", "300", "--batch-rates", "300", "--duration-s", "1", "--yardstick-s", "1"]
+    assert bench_floor.main([*args, "--out", str(out), "--log", str(log)]) == 0
     result = orjson.loads(out.read_bytes())
-    assert [row["step"] for row in result["steps"]] == ["bare", "healthz", "no-event ping"]
+    sticks = result["yardsticks"]
+    assert sticks["bare_one_process"]["requests_per_s"] > 0
+    assert set(sticks["evalsha_per_s"]) == {
+        "redis_py_1_callers",
+        "redis_py_32_callers",
+        "autopipeline_1_callers",
+        "autopipeline_32_callers",
+    }
+    assert min(sticks["evalsha_per_s"].values()) > 0
+    factor = sticks["bare_rate_against_issue"]
+    assert factor == pytest.approx(sticks["bare_one_process"]["requests_per_s"] / 28_000, 0.01)
+    steps = [row["step"] for row in result["steps"]]
+    assert steps == ["bare", "healthz", "no-event ping", "no-event batch20"]
+    # the 20 fixes of a batch cost the workers more than one fix does
+    assert result["per_added_fix"]["requests_per_s"] == pytest.approx(300, abs=2)
+    assert result["per_added_fix"]["service_cpu_ms"] > 0
     for row in result["steps"]:
         assert row["statuses"] == {"200": 300}, row
         assert row["service_cpu_ms_per_request"] > 0, row
