@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ async def bare_on_one_core(seconds: float) -> dict[str, Any]:
     }
 
 
-async def _calls_per_s(call: Any, callers: int, seconds: float) -> float:
+async def _calls_per_s(call: Callable[[], Awaitable[None]], callers: int, seconds: float) -> float:
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -316,9 +316,11 @@ async def evalsha_rates(seconds: float) -> dict[str, float]:
 
 async def yardsticks(seconds: float) -> dict[str, Any] | None:
     """The issue's yardsticks measured on this host, and its targets scaled by the first."""
+    low, high = ISSUE_EVALSHA_PER_S
     print(
-        "yardsticks (the load-test issue's machine: bare aiohttp ~28,000 req/s on one core, "
-        "redis-py asyncio 10,000-29,000 EVALSHA/s):",
+        "yardsticks (the load-test issue's machine: bare aiohttp "
+        f"~{ISSUE_BARE_REQUESTS_PER_S:,} req/s on one core, redis-py asyncio {low:,}-{high:,} "
+        "EVALSHA/s):",
         flush=True,
     )
     if not wrk.available():

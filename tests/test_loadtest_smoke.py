@@ -17,6 +17,7 @@ from tests.conftest import TenantFactory, TenantKeys
 pytest.importorskip("hdrh")
 
 from loadtest.bench import (
+    count_no_event_round_trips,
     cpu_costs,
     customer_of,
     knee,
@@ -55,6 +56,21 @@ async def test_simulator_drives_pings_and_gets_events(
     assert dict(result.statuses) == {"200": result.ok}, result.error_samples
     assert sum(result.events.values()) >= 1
     assert result.unfinished == 0
+
+
+async def test_the_bench_counts_one_round_trip_and_five_commands_per_no_event_ping(
+    client: TestClient[web.Request, web.Application], make_tenant: TenantFactory, redis_url: str
+) -> None:
+    """The figure the issue asks to count, by make bench's own counter (INFO commandstats
+    around one ping per device, less the change feed's idle rate): one EVALSHA, whose script
+    reads the consent and the state and writes the state and its TTL."""
+    tenant = await make_tenant("noevent")
+    base_url = str(client.server.make_url("")).rstrip("/")
+    result = await count_no_event_round_trips(base_url, tenant.sdk_key, [redis_url], devices=100)
+    assert result["statuses"] == {"200": 100}
+    assert result["commands_per_ping"] == {
+        "evalsha": 1.0, "hmget": 1.0, "hgetall": 1.0, "hset": 1.0, "expire": 1.0}  # fmt: skip
+    assert result["redis_round_trips_per_no_event_ping"] == 1.0
 
 
 @pytest.mark.parametrize(("batch", "codec"), [(1, "json"), (5, "msgpack")])
