@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,12 @@ FAR_AWAY = (46.5, 7.5)  # no demo or bench zone near it
 DEVICES = 20_000
 CONNECTIONS = 128
 BATCH_FIXES = 20
+NO_EVENT_PING = "no-event ping"
+NO_EVENT_BATCH = f"no-event batch{BATCH_FIXES}"
 # What the load-test issue quotes for its machine: the targets were sized by these.
 ISSUE_BARE_REQUESTS_PER_S = 28_000
 ISSUE_EVALSHA_PER_S = (10_000, 29_000)
+ISSUE_TARGET_PINGS_PER_S = {"single": 5_000, "batch": 50_000}
 TRIVIAL_SCRIPT = "return ARGV[1]"
 
 
@@ -103,6 +107,27 @@ def serve_bare(port: int, processes: int) -> None:
 def start_bare(port: int, processes: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "loadtest.bench_floor", "--serve-bare", str(port)]
     return subprocess.Popen([*command, "--workers", str(processes)])
+
+
+@contextlib.asynccontextmanager
+async def running_bare(processes: int) -> AsyncIterator[tuple[str, ResourceWatch]]:
+    """The bare app answering on a port of its own: its base URL and a watch on its processes."""
+    port = free_port()
+    bare = start_bare(port, processes)
+    try:
+        base = f"http://{HOST}:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.post(f"{base}/v1/pings", data=b"{}") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        yield base, ResourceWatch(bare.pid)
+    finally:
+        bare.terminate()
+        bare.wait(10)
 
 
 # -- the requests ------------------------------------------------------------------------------
@@ -205,8 +230,8 @@ def step(
 
 def marginal_fix_cost(rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
     """(batch - single) / (BATCH_FIXES - 1) at the first request rate both rungs ran."""
-    single = {r["target_requests_per_s"]: r for r in rows if r["step"] == "no-event ping"}
-    batch = [r for r in rows if r["step"] == f"no-event batch{BATCH_FIXES}"]
+    single = {r["target_requests_per_s"]: r for r in rows if r["step"] == NO_EVENT_PING}
+    batch = [r for r in rows if r["step"] == NO_EVENT_BATCH]
     for b in batch:
         s = single.get(b["target_requests_per_s"])
         if s is None:
@@ -228,32 +253,13 @@ def marginal_fix_cost(rows: Sequence[dict[str, Any]]) -> dict[str, float] | None
 # -- the yardsticks ---------------------------------------------------------------------------
 
 
-async def _wait_bare(base: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.post(f"{base}/v1/pings", data=b"{}") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-
-
 async def bare_on_one_core(seconds: float) -> dict[str, Any]:
     """The bare app in one process (so on one core at most), `wrk` closed loop from the other."""
-    port = free_port()
-    bare = start_bare(port, 1)
-    try:
-        base = f"http://{HOST}:{port}"
-        await _wait_bare(base)
-        watch = ResourceWatch(bare.pid)
-        wire = http_request("POST", "/v1/pings", {}, ping_body(0, int(time.time() * 1000), False))
+    wire = http_request("POST", "/v1/pings", {}, ping_body(0, int(time.time() * 1000), False))
+    async with running_bare(1) as (base, watch):
         watch.open()
         runs = await asyncio.to_thread(wrk.run, [base], plan_same(1000, 1, wire), [32], seconds, 1)
         watch.close()
-    finally:
-        bare.terminate()
-        bare.wait(10)
     resources = watch.report()
     return {
         "requests_per_s": runs[0]["requests_per_s"],
@@ -341,38 +347,28 @@ async def yardsticks(seconds: float) -> dict[str, Any] | None:
     )
     # How this host compares with the issue's: its targets scaled by the bare app's rate.
     factor = bare["requests_per_s"] / ISSUE_BARE_REQUESTS_PER_S
+    scaled = {kind: round(target * factor) for kind, target in ISSUE_TARGET_PINGS_PER_S.items()}
     print(
         f"  this host does {factor:.2f}x the issue's bare rate: its targets scaled alike are "
-        f"{5000 * factor:,.0f} single and {50000 * factor:,.0f} batched pings/s",
+        f"{scaled['single']:,} single and {scaled['batch']:,} batched pings/s",
         flush=True,
     )
     return {
         "bare_one_process": bare,
         "evalsha_per_s": evalsha,
         "bare_rate_against_issue": round(factor, 3),
-        "targets_scaled_pings_per_s": {
-            "single": round(5000 * factor),
-            "batch": round(50000 * factor),
-        },
+        "targets_scaled_pings_per_s": scaled,
     }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     measured = await yardsticks(args.yardstick_s) if args.yardstick_s > 0 else None
-    port = free_port()
-    bare = start_bare(port, args.workers)
-    try:
-        base = f"http://{HOST}:{port}"
-        await _wait_bare(base)
-        watch = ResourceWatch(bare.pid)
+    async with running_bare(args.workers) as (base, watch):
         print(f"bare aiohttp app, {args.workers} processes:", flush=True)
         for rate in args.rates:
             planned = plan_pings(rate, args.duration_s, "none", consent=False)
             rows.append(await asyncio.to_thread(step, "bare", base, planned, watch))
-    finally:
-        bare.terminate()
-        bare.wait(10)
 
     service = Service(args.workers, Path(args.log))
     service.start()
@@ -393,13 +389,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(step, "(consent)", base, consent, watch)
         for rate in args.rates:
             planned = plan_pings(rate, args.duration_s, keys["sdk_key"], consent=False)
-            rows.append(await asyncio.to_thread(step, "no-event ping", base, planned, watch))
+            rows.append(await asyncio.to_thread(step, NO_EVENT_PING, base, planned, watch))
         for rate in args.batch_rates:
             planned = plan_pings(
                 rate, args.duration_s, keys["sdk_key"], False, BATCH_FIXES, "msgpack"
             )
-            label = f"no-event batch{BATCH_FIXES}"
-            rows.append(await asyncio.to_thread(step, label, base, planned, watch, "msgpack"))
+            rows.append(
+                await asyncio.to_thread(step, NO_EVENT_BATCH, base, planned, watch, "msgpack")
+            )
     finally:
         exit_state = service.stop()
     per_fix = marginal_fix_cost(rows)
